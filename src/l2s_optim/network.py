@@ -1,0 +1,187 @@
+"""The Learn2Splat network: input projection, kNN point-transformer blocks, State Scale MLP and
+Update MLP.
+
+Per active Gaussian the network reads one row of ``2 * P + W`` channels: the packed raw
+parameters (``P`` numbers, see :mod:`l2s_optim.step`), the latent state (``W``) and the
+Adam-normalised gradients (``P``). It returns the new latent state and the parameter update
+``delta`` (the optimizer subtracts ``lr * delta``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture and the conventions the weights were meta-trained with.
+
+    Defaults are those of the authors' released joint model.
+    """
+
+    sh_degree: int = 3  # SH degree of the packed colour (P = 11 + 3 * (sh_degree + 1) ** 2)
+    width: int = 256  # latent state and transformer width W
+    depth: int = 4  # point-transformer blocks
+    heads: int = 1  # attention heads
+    attn_dim: int = 64  # q/k/v channels, all heads together
+    mlp_hidden: int = 1024  # hidden width of each block's MLP
+    k: int = 4  # neighbours per Gaussian, the Gaussian itself included
+    feature_dim: int | None = None  # channels of feed-forward features (sparse setting), or None
+    adam_beta1: float = 0.9  # moments behind the normalised-gradient features
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-15
+    log_scale_min: float = -8.0  # clamps applied to the updated Gaussians
+    log_scale_max: float = math.log(3.0)
+    opacity_logit_min: float = -7.0
+    opacity_logit_max: float = 7.0
+    sh_min: float = -2.0
+    sh_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sh_degree <= 3:
+            raise ValueError(f"sh_degree must be in 0..3, got {self.sh_degree}")
+        for name in ("width", "depth", "heads", "attn_dim", "mlp_hidden", "k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.attn_dim % self.heads:
+            raise ValueError(f"attn_dim {self.attn_dim} is not divisible by heads {self.heads}")
+
+    @property
+    def sh_coeffs(self) -> int:
+        return (self.sh_degree + 1) ** 2
+
+    @property
+    def param_dim(self) -> int:
+        """P: means 3 + log-scales 3 + quaternion 4 + opacity logit 1 + SH 3 * sh_coeffs."""
+        return 11 + 3 * self.sh_coeffs
+
+    @property
+    def input_dim(self) -> int:
+        return 2 * self.param_dim + self.width
+
+    @classmethod
+    def from_dict(cls, values: dict) -> NetConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown network config keys: {sorted(unknown)}")
+        return cls(**values)
+
+
+class NeighbourAttention(nn.Module):
+    """Scaled dot-product attention of each Gaussian over its kNN list; scores in fp32."""
+
+    def __init__(self, width: int, attn_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * attn_dim, bias=False)
+        self.proj = nn.Linear(attn_dim, width)
+
+    def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
+        """x [A,W]; neighbours [A,k] row indices into x; valid [A,k] bool (column 0 = self)."""
+        a = neighbours.shape[0]
+        q, key, value = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(1)  # [A,H,d] each
+        key, value = key[neighbours], value[neighbours]  # [A,k,H,d]
+        scores = torch.einsum("ahd,akhd->ahk", q.float(), key.float()) * q.shape[-1] ** -0.5
+        scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+        weights = scores.softmax(dim=-1).to(value.dtype)
+        out = torch.einsum("ahk,akhd->ahd", weights, value).reshape(a, -1)
+        return self.proj(out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class PointBlock(nn.Module):
+    """Pre-LayerNorm transformer block over kNN neighbourhoods."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.width)
+        self.attn = NeighbourAttention(config.width, config.attn_dim, config.heads)
+        self.norm2 = nn.LayerNorm(config.width)
+        self.mlp = FeedForward(config.width, config.mlp_hidden)
+
+    def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x), neighbours, valid)
+        return x + self.mlp(self.norm2(x))
+
+
+def _config_from_json(value: dict | NetConfig) -> NetConfig:
+    return value if isinstance(value, NetConfig) else NetConfig.from_dict(value)
+
+
+class Learn2SplatNet(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="l2s-optim",
+    tags=["gaussian-splatting", "learned-optimizer"],
+    coders={NetConfig: (asdict, _config_from_json)},
+):
+    """The meta-trained network. ``save_pretrained``/``from_pretrained``/``push_to_hub`` write and
+    read ``config.json`` + ``model.safetensors`` (Hugging Face Hub conventions)."""
+
+    def __init__(self, config: NetConfig | dict | None = None) -> None:
+        super().__init__()
+        self.config = NetConfig() if config is None else _config_from_json(config)
+        c = self.config
+        self.input_proj = nn.Linear(c.input_dim, c.width)
+        self.blocks = nn.ModuleList(PointBlock(c) for _ in range(c.depth))
+        self.state_scale = nn.Sequential(
+            nn.Linear(c.input_dim, c.input_dim // 2), nn.ReLU(), nn.Linear(c.input_dim // 2, 1), nn.ReLU()
+        )
+        self.update_mlp = nn.Sequential(nn.Linear(c.width, c.width), nn.GELU(), nn.Linear(c.width, c.param_dim + 1))
+        self.feature_proj = nn.Linear(c.feature_dim, c.width) if c.feature_dim else None
+        nn.init.ones_(self.state_scale[2].bias)
+        nn.init.zeros_(self.update_mlp[2].weight)
+        nn.init.zeros_(self.update_mlp[2].bias)
+        with torch.no_grad():
+            self.update_mlp[2].bias[-1] = 1e-8  # magnitude bias; the direction starts at zero
+
+    def project_features(self, features: Tensor) -> Tensor:
+        """Initial latent state [N,W] from feed-forward features [N,feature_dim] (sparse setting)."""
+        if self.feature_proj is None:
+            raise ValueError("this checkpoint has no feature projection (feature_dim is None): "
+                             "it cannot initialise the latent state from features")
+        if features.ndim != 2 or features.shape[1] != self.config.feature_dim:
+            raise ValueError(f"features must be [N, {self.config.feature_dim}], got {list(features.shape)}")
+        return self.feature_proj(features)
+
+    def forward(
+        self, params: Tensor, latent: Tensor, normalised_grads: Tensor, neighbours: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One learned update for A active Gaussians.
+
+        Args:
+            params: [A,P] packed raw parameters.
+            latent: [A,W] latent state.
+            normalised_grads: [A,P] Adam-normalised gradients, packed like ``params``.
+            neighbours: [A,k] indices into the A rows (column 0 is the Gaussian itself).
+            valid: [A,k] bool, False for padded neighbour slots.
+
+        Returns:
+            delta [A,P] in fp32 (parameters move by ``-lr * delta``) and the new latent state [A,W].
+        """
+        p = self.config.param_dim
+        x_in = torch.cat([params, latent, normalised_grads], dim=-1)
+        x = self.input_proj(x_in)
+        for block in self.blocks:
+            x = block(x, neighbours, valid)
+        scale = self.state_scale(x_in.detach())
+        out = self.update_mlp(scale * x).float()
+        direction, magnitude = out[:, :p], out[:, p:]
+        delta = F.relu(magnitude) * direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)
+        return delta, x.float()

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from l2s_optim import Learn2SplatNet, NetConfig
+
+TINY = NetConfig(width=32, depth=2, attn_dim=16, mlp_hidden=64, k=4)
+
+
+def make_splats(n: int = 64, sh_degree: int = 3, seed: int = 0) -> nn.ParameterDict:
+    """A random gsplat-style scene, raw attributes, N first."""
+    g = torch.Generator().manual_seed(seed)
+    splats = {
+        "means": torch.randn(n, 3, generator=g),
+        "scales": torch.rand(n, 3, generator=g) - 3.0,
+        "quats": torch.randn(n, 4, generator=g),
+        "opacities": torch.randn(n, generator=g),
+        "sh0": torch.rand(n, 1, 3, generator=g) - 0.5,
+    }
+    if sh_degree:
+        splats["shN"] = 0.1 * torch.randn(n, (sh_degree + 1) ** 2 - 1, 3, generator=g)
+    return nn.ParameterDict({k: nn.Parameter(v) for k, v in splats.items()})
+
+
+def random_net(config: NetConfig = TINY, seed: int = 0) -> Learn2SplatNet:
+    """A network with non-trivial (random) output layer, so that updates are not zero."""
+    torch.manual_seed(seed)
+    net = Learn2SplatNet(config)
+    with torch.no_grad():
+        net.update_mlp[2].weight.normal_(0.0, 0.05)
+        net.update_mlp[2].weight[-1] = 0.0  # constant step length 0.01, random directions
+        net.update_mlp[2].bias[-1] = 0.01
+    return net
+
+
+def quadratic_loss(splats, targets: dict[str, Tensor]) -> Tensor:
+    return sum(((splats[k] - t) ** 2).sum() * (1 + i) for i, (k, t) in enumerate(targets.items()))
+
+
+def targets_like(splats, seed: int = 1) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(p.shape, generator=g) * 0.1 + p.detach() for k, p in splats.items()}
+
+
+class AdamEchoNet(nn.Module):
+    """A stand-in network whose update is the Adam-normalised gradient itself: with it,
+    Learn2Splat must reproduce torch.optim.Adam exactly (a reference for packing, per-Gaussian
+    moments, learning rates and the commit of updates)."""
+
+    def __init__(self, sh_degree: int = 3) -> None:
+        super().__init__()
+        wide = math.inf
+        self.config = NetConfig(sh_degree=sh_degree, width=8, depth=1, attn_dim=8, mlp_hidden=8,
+                                log_scale_min=-wide, log_scale_max=wide, opacity_logit_min=-wide,
+                                opacity_logit_max=wide, sh_min=-wide, sh_max=wide)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, params, latent, normalised_grads, neighbours, valid):
+        return normalised_grads.float(), latent + 1.0
+
+
+@pytest.fixture
+def splats():
+    return make_splats()

@@ -1,0 +1,88 @@
+import torch
+from conftest import TINY, random_net
+from release_fixture import release_forward, release_state
+
+from l2s_optim import Learn2SplatNet, NetConfig
+from l2s_optim.hub import release_state_to_ours
+
+
+def inputs(config, a=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = config.param_dim
+    neighbours = torch.cat([torch.arange(a)[:, None], torch.randint(0, a, (a, config.k - 1), generator=g)], 1)
+    return (torch.randn(a, p, generator=g), torch.randn(a, config.width, generator=g),
+            torch.randn(a, p, generator=g), neighbours, torch.ones(a, config.k, dtype=torch.bool))
+
+
+def test_default_config_is_the_released_size():
+    net = Learn2SplatNet()
+    assert net.config.param_dim == 59 and net.config.input_dim == 374
+    assert sum(p.numel() for p in net.parameters()) == 2_617_061
+    assert net.state_scale[0].out_features == 187 and net.update_mlp[2].out_features == 60
+
+
+def test_fresh_network_predicts_zero_update_and_unit_state_scale():
+    net = Learn2SplatNet(TINY)
+    x = inputs(TINY)
+    delta, latent = net(*x)
+    assert torch.equal(delta, torch.zeros_like(delta)) and latent.shape == (50, TINY.width)
+    assert torch.equal(net.state_scale[2].bias, torch.ones(1))
+
+
+def test_update_length_is_relu_of_magnitude():
+    net = random_net()
+    with torch.no_grad():
+        net.update_mlp[2].weight[-1].normal_(0, 0.5)
+    params, latent, grads, neighbours, valid = inputs(TINY)
+    delta, _ = net(params, latent, grads, neighbours, valid)
+    x_in = torch.cat([params, latent, grads], 1)
+    h = net.input_proj(x_in)
+    for block in net.blocks:
+        h = block(h, neighbours, valid)
+    magnitude = net.update_mlp(net.state_scale(x_in) * h)[:, -1]
+    torch.testing.assert_close(delta.norm(dim=1), torch.relu(magnitude), rtol=1e-4, atol=1e-7)
+    assert (magnitude < 0).any() and (magnitude > 0).any()
+
+
+def test_masked_neighbours_do_not_contribute():
+    net = random_net()
+    params, latent, grads, neighbours, valid = inputs(TINY)
+    valid[:, 2:] = False
+    base, _ = net(params, latent, grads, neighbours, valid)
+    other = neighbours.clone()
+    other[:, 2:] = (neighbours[:, 2:] + 7) % 50
+    moved, _ = net(params, latent, grads, other, valid)
+    torch.testing.assert_close(base, moved)
+
+
+def test_permutation_equivariance():
+    net = random_net()
+    params, latent, grads, neighbours, valid = inputs(TINY)
+    perm = torch.randperm(50)
+    inverse = torch.argsort(perm)
+    delta, state = net(params, latent, grads, neighbours, valid)
+    delta_p, state_p = net(params[perm], latent[perm], grads[perm], inverse[neighbours[perm]], valid)
+    torch.testing.assert_close(delta_p, delta[perm])
+    torch.testing.assert_close(state_p, state[perm])
+
+
+def test_matches_release_reference_forward():
+    """Converted weights + our module == the published architecture computed by hand."""
+    state = release_state(width=32, param_dim=23, depth=2, attn=16, hidden=64, feature_dim=None)
+    ours, config = release_state_to_ours(state)
+    net = Learn2SplatNet(config)
+    net.load_state_dict(ours)
+    assert config == NetConfig(sh_degree=1, width=32, depth=2, attn_dim=16, mlp_hidden=64)
+    x = inputs(config)
+    delta, latent = net(*x)
+    ref_delta, ref_latent = release_forward(state, *x[:4], depth=2)
+    torch.testing.assert_close(delta, ref_delta, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(latent, ref_latent, rtol=1e-5, atol=1e-5)
+    assert ref_delta.abs().max() > 1e-3  # the comparison is not between zeros
+
+
+def test_multi_head_attention_runs():
+    config = NetConfig(width=32, depth=1, heads=4, attn_dim=32, mlp_hidden=32, k=6)
+    net = random_net(config)
+    delta, _ = net(*inputs(config))
+    assert delta.shape == (50, config.param_dim) and torch.isfinite(delta).all()
