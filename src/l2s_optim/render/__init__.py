@@ -4,12 +4,14 @@ our pure-PyTorch rasterizer (:mod:`l2s_optim.render.cpu`) everywhere else."""
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 
+import torch
 from torch import Tensor
 
 from .cpu import rasterize_cpu, sh_to_rgb
 
-__all__ = ["rasterization", "sh_to_rgb"]
+__all__ = ["rasterization", "render_splats", "sh_to_rgb"]
 
 
 def rasterization(
@@ -73,4 +75,21 @@ def rasterization(
     return rasterize_cpu(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
         backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+    )
+
+
+def render_splats(
+    splats: Mapping[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int, height: int,
+    background: Tensor | None = None, **kwargs,
+) -> tuple[Tensor, Tensor, dict]:
+    """Render gsplat-style raw parameters (``exp`` of scales, ``sigmoid`` of opacities, SH colours
+    from ``sh0``/``shN`` at their full degree). ``background``: [3] colour for every view."""
+    colors = splats["sh0"]
+    if "shN" in splats:
+        colors = torch.cat([colors, splats["shN"]], 1)
+    sh_degree = round(colors.shape[1] ** 0.5) - 1
+    backgrounds = None if background is None else background.to(colors).expand(viewmats.shape[0], 3)
+    return rasterization(
+        splats["means"], splats["quats"], splats["scales"].exp(), torch.sigmoid(splats["opacities"]).reshape(-1),
+        colors, viewmats, Ks, width, height, sh_degree=sh_degree, backgrounds=backgrounds, **kwargs,
     )

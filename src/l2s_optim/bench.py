@@ -1,0 +1,328 @@
+"""``l2s-bench``: race Adam, tuned Adam and Learn2Splat from the same initial Gaussians on one scene,
+and a microbenchmark of the optimizer step alone (``--micro``).
+
+Writes ``results.json`` (every curve, machine, versions, seeds) and ``psnr.png`` (PSNR against steps
+and against seconds) into ``--out``, and prints a table. Finished optimizers are kept in
+``results.json`` and skipped when the same command is run again (resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .data import Scene, dense_init, load_scene, random_init, sparse_init
+from .losses import photometric_loss, psnr, ssim
+from .optimizer import Learn2Splat
+from .render import render_splats
+
+# gsplat simple_trainer's default Adam learning rates (means scaled by the scene scale)
+GSPLAT_LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
+TUNE_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0, 8.0)
+TABLE_STEPS = (10, 50, 100, 500, 1000, 2000)
+
+
+def log_spaced_steps(total: int) -> list[int]:
+    """0 and 1-2-5 steps up to ``total``, and ``total`` itself."""
+    steps = {0, total}
+    decade = 1
+    while decade <= total:
+        steps.update(s for s in (decade, 2 * decade, 5 * decade) if s <= total)
+        decade *= 10
+    return sorted(steps)
+
+
+@dataclass
+class Curve:
+    """Evaluation of one optimizer run at log-spaced steps."""
+
+    name: str
+    steps: list[int] = field(default_factory=list)
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # training wall-clock up to each step
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds[-1] / max(self.steps[-1], 1)
+
+
+StepperFactory = Callable[[nn.ParameterDict], tuple[torch.optim.Optimizer, object | None]]
+
+
+def adam_factory(scene_scale: float, total_steps: int, multiplier: float = 1.0) -> StepperFactory:
+    """gsplat's default Adam (one group per attribute, means lr decayed to 1% over the run)."""
+
+    def make(splats: nn.ParameterDict):
+        groups = [{"params": [p], "lr": GSPLAT_LRS[n] * multiplier * (scene_scale if n == "means" else 1.0), "name": n}
+                  for n, p in splats.items()]
+        optimizer = torch.optim.Adam(groups, eps=1e-15)
+        gamma = 0.01 ** (1.0 / max(total_steps, 1))
+        decay = [(lambda s: gamma**s) if g["name"] == "means" else (lambda s: 1.0) for g in groups]
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+
+    return make
+
+
+def l2s_factory(checkpoint: str, seed: int) -> StepperFactory:
+    def make(splats: nn.ParameterDict):
+        return Learn2Splat(splats, checkpoint, seed=seed), None
+
+    return make
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def evaluate(splats: nn.ParameterDict, views: Scene, background: Tensor) -> tuple[float, float]:
+    """Mean PSNR and SSIM over the views (rendered one at a time)."""
+    scores = []
+    for v in range(views.images.shape[0]):
+        image, _, _ = render_splats(splats, views.viewmats[v : v + 1], views.Ks[v : v + 1], views.width, views.height, background)
+        target = views.images[v : v + 1]
+        scores.append((psnr(image.clamp(0, 1), target).item(), ssim(image.clamp(0, 1), target).item()))
+    return sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores)
+
+
+def fit(
+    name: str, initial: nn.ParameterDict, factory: StepperFactory, train: Scene, evals: Scene, steps: int,
+    batch: int, seed: int, background: Tensor, eval_at: list[int] | None = None, progress: bool = True,
+) -> Curve:
+    """Optimise a copy of ``initial`` for ``steps`` steps on batches of ``batch`` training views
+    (the same view sequence for every optimizer, given ``seed``), evaluating at ``eval_at``."""
+    from tqdm.auto import tqdm
+
+    splats = copy.deepcopy(initial)
+    optimizer, scheduler = factory(splats)
+    device = splats["means"].device
+    generator = torch.Generator().manual_seed(seed)
+    eval_at = set(log_spaced_steps(steps) if eval_at is None else eval_at)
+    curve, elapsed = Curve(name), 0.0
+    for step in tqdm(range(steps + 1), desc=name, disable=not progress, leave=False):
+        if step in eval_at:
+            p, s = evaluate(splats, evals, background)
+            curve.steps.append(step)
+            curve.psnr.append(p)
+            curve.ssim.append(s)
+            curve.seconds.append(elapsed)
+        if step == steps:
+            break
+        views = torch.randint(train.images.shape[0], (batch,), generator=generator)
+        _sync(device)
+        start = time.perf_counter()
+        images, _, _ = render_splats(splats, train.viewmats[views], train.Ks[views], train.width, train.height, background)
+        loss = photometric_loss(images, train.images[views])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        _sync(device)
+        elapsed += time.perf_counter() - start
+    return curve
+
+
+def tune_adam(initial, train: Scene, args, background: Tensor, scene_scale: float) -> tuple[float, dict]:
+    """Best global LR multiplier for Adam by PSNR on (a subset of) the training views."""
+    holdout = train.subset(torch.arange(train.images.shape[0]) % max(1, train.images.shape[0] // 8) == 0)
+    tune_steps = min(args.steps, args.tune_steps)
+    sweep = {}
+    for m in TUNE_MULTIPLIERS:
+        curve = fit(f"tune x{m:g}", initial, adam_factory(scene_scale, tune_steps, m), train, holdout, tune_steps,
+                    args.batch, args.seed, background, eval_at=[tune_steps])
+        sweep[m] = curve.psnr[-1] if math.isfinite(curve.psnr[-1]) else -math.inf
+    return max(sweep, key=sweep.get), {f"{m:g}": p for m, p in sweep.items()}
+
+
+def initial_gaussians(scene: Scene, init: str, args) -> nn.ParameterDict:
+    if init == "dense":
+        return dense_init(scene, fraction=args.fraction, seed=args.seed)
+    if init == "random":
+        return random_init(scene, n=args.n_random, seed=args.seed)
+    if init == "sparse":
+        return sparse_init(scene)
+    raise ValueError(f"unknown init {init!r}: choose dense, random or sparse")
+
+
+def machine_info(device: torch.device) -> dict:
+    return {
+        "platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
+def summarize(curves: dict[str, Curve]) -> str:
+    """The table: PSNR at fixed steps, steps/seconds to Adam's final PSNR, time per step vs Adam."""
+    reference = curves.get("adam")
+    last = max(c.steps[-1] for c in curves.values())
+    shown = [s for s in TABLE_STEPS if s <= last]
+    header = f"{'optimizer':<22}" + "".join(f"{'@' + str(s):>8}" for s in shown)
+    header += f"{'final':>8}{'steps->adam':>13}{'s->adam':>9}{'ms/step':>9}{'x adam':>8}"
+    rows = [header]
+    for name, c in curves.items():
+        at = dict(zip(c.steps, c.psnr))
+        row = f"{name:<22}" + "".join(f"{at[s]:8.2f}" if s in at else f"{'-':>8}" for s in shown) + f"{c.psnr[-1]:8.2f}"
+        reached, seconds = "-", "-"
+        if reference is not None:
+            hits = [i for i, p in enumerate(c.psnr) if p >= reference.psnr[-1]]
+            if hits:
+                reached, seconds = str(c.steps[hits[0]]), f"{c.seconds[hits[0]]:.1f}"
+        ratio = c.seconds_per_step / reference.seconds_per_step if reference else float("nan")
+        rows.append(row + f"{reached:>13}{seconds:>9}{1000 * c.seconds_per_step:9.1f}{ratio:8.2f}")
+    return "\n".join(rows)
+
+
+def plot(curves: dict[str, Curve], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, c in curves.items():
+        by_step.plot([max(s, 1) for s in c.steps], c.psnr, marker="o", ms=3, label=name)
+        by_time.plot(c.seconds, c.psnr, marker="o", ms=3, label=name)
+    by_step.set_xscale("log")
+    by_step.set_xlabel("step (step 0 drawn at 1)")
+    by_time.set_xlabel("training seconds")
+    for ax in (by_step, by_time):
+        ax.set_ylabel("test PSNR (dB)")
+        ax.grid(alpha=0.3)
+    by_step.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_race(args) -> dict[str, Curve]:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    scene = load_scene(args.scene, factor=args.factor, background=tuple(args.background))
+    scene = Scene(**{**scene.__dict__, **{k: getattr(scene, k).to(device) for k in ("images", "viewmats", "Ks")}})
+    train, test = scene.train_views, scene.test_views
+    background = torch.tensor(args.background, device=device)
+    initial = initial_gaussians(scene, args.init, args).to(device)
+    scene_scale = 1.1 * (scene.camera_centers - scene.camera_centers.mean(0)).norm(dim=-1).max().item()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    settings = {k: v for k, v in vars(args).items() if k not in ("optimizers", "out", "micro", "sizes")}
+    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    done = saved.get("curves", {}) if saved.get("settings") == settings else {}
+    curves = {name: Curve(**c) for name, c in done.items()}
+    print(f"{args.scene}: {train.images.shape[0]} train / {test.images.shape[0]} test views at "
+          f"{scene.width}x{scene.height}, {len(initial['means'])} Gaussians ({args.init} init), device {device}")
+    for name in args.optimizers.split(","):
+        if name in curves:
+            print(f"{name}: already in {results_path}, skipped")
+            continue
+        if name == "adam":
+            factory = adam_factory(scene_scale, args.steps)
+        elif name == "adam-tuned":
+            best, sweep = tune_adam(initial, train, args, background, scene_scale)
+            factory = adam_factory(scene_scale, args.steps, best)
+        elif name.startswith("l2s"):
+            factory = l2s_factory(name.partition(":")[2] or "dense", args.seed)
+        else:
+            raise ValueError(f"unknown optimizer {name!r}: adam, adam-tuned or l2s[:CHECKPOINT]")
+        curve = fit(name, initial, factory, train, test, args.steps, args.batch, args.seed, background)
+        if name == "adam-tuned":
+            curve.extra = {"lr_multiplier": best, "sweep_train_psnr": sweep, "tune_steps": min(args.steps, args.tune_steps)}
+        curves[name] = curve
+        results_path.write_text(json.dumps({"settings": settings, "machine": machine_info(device),
+                                            "curves": {n: asdict(c) for n, c in curves.items()}}, indent=1))
+    plot(curves, out / "psnr.png", f"{Path(args.scene).name}, {args.init} init, {len(initial['means'])} Gaussians")
+    print(summarize(curves))
+    print(f"wrote {results_path} and {out / 'psnr.png'}")
+    return curves
+
+
+def _ms_per_step(optimizer: torch.optim.Optimizer, splats: nn.ParameterDict, grads: dict[str, Tensor], repeats: int) -> float:
+    """Milliseconds per ``optimizer.step()`` with fixed gradients, after one warm-up step."""
+    for name, p in splats.items():
+        p.grad = grads[name]
+    device = splats["means"].device
+    optimizer.step()  # warm-up (and the first kNN graph)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        optimizer.step()
+    _sync(device)
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def run_micro(args) -> list[dict]:
+    """ms per optimizer step (gradients given) for Learn2Splat, with and without the kNN search, and
+    Adam (foreach) on N random Gaussians."""
+    from .data.init import gaussians_from_points
+    from .hub import load_network
+    from .network import Learn2SplatNet
+
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        net, weights = load_network(args.checkpoint), args.checkpoint
+    except FileNotFoundError:
+        net, weights = Learn2SplatNet(), "random weights, released architecture (timing does not depend on weights)"
+    rows = []
+    for n in (int(float(s)) for s in args.sizes.split(",")):
+        g = torch.Generator().manual_seed(0)
+        splats = gaussians_from_points(torch.rand(n, 3, generator=g), torch.rand(n, 3, generator=g)).to(device)
+        grads = {k: torch.randn(p.shape, generator=g).to(device) * 1e-3 for k, p in splats.items()}
+
+        adam = torch.optim.Adam([{"params": [p], "lr": 1e-3} for p in splats.values()], foreach=True)
+        row = {"n": n, "adam_ms": _ms_per_step(adam, splats, grads, args.repeats)}
+        row["l2s_ms"] = _ms_per_step(Learn2Splat(splats, net), splats, grads, args.repeats)
+        row["l2s_no_knn_ms"] = _ms_per_step(Learn2Splat(splats, net, knn_every=10**9), splats, grads, args.repeats)
+        rows.append(row)
+        print(f"N={n:>9,}  adam {row['adam_ms']:9.2f} ms   learn2splat {row['l2s_ms']:9.2f} ms "
+              f"(x{row['l2s_ms'] / row['adam_ms']:.0f})   without kNN {row['l2s_no_knn_ms']:9.2f} ms "
+              f"(x{row['l2s_no_knn_ms'] / row['adam_ms']:.0f})", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "micro.json").write_text(json.dumps({"machine": machine_info(device), "network": weights,
+                                                "config": asdict(net.config), "rows": rows}, indent=1))
+    return rows
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="l2s-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scene", default="synthetic", help="COLMAP or transforms.json folder, or 'synthetic'")
+    p.add_argument("--init", default="dense", choices=["dense", "random", "sparse"])
+    p.add_argument("--optimizers", default="adam,adam-tuned,l2s:dense", help="comma list: adam, adam-tuned, l2s[:CHECKPOINT]")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=1, help="views per step")
+    p.add_argument("--factor", type=int, default=1, help="image downscale factor")
+    p.add_argument("--background", type=float, nargs=3, default=[1.0, 1.0, 1.0])
+    p.add_argument("--fraction", type=float, default=1.0, help="dense init: fraction of SfM points kept")
+    p.add_argument("--n-random", type=int, default=20_000, help="random init: number of Gaussians")
+    p.add_argument("--tune-steps", type=int, default=500, help="adam-tuned: steps per sweep run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="bench-out")
+    p.add_argument("--micro", action="store_true", help="microbenchmark the optimizer step instead")
+    p.add_argument("--sizes", default="1e3,1e4,1e5", help="--micro: numbers of Gaussians")
+    p.add_argument("--repeats", type=int, default=5, help="--micro: timed steps per size")
+    p.add_argument("--checkpoint", default="dense", help="--micro: Learn2Splat checkpoint")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    run_micro(args) if args.micro else run_race(args)

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+from conftest import random_net
+
+from l2s_optim import bench, demo
+from l2s_optim.bench import log_spaced_steps, summarize
+from l2s_optim.losses import photometric_loss, psnr, ssim
+
+
+def test_log_spaced_steps():
+    assert log_spaced_steps(2000) == [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+    assert log_spaced_steps(30) == [0, 1, 2, 5, 10, 20, 30]
+
+
+def test_metrics():
+    a = torch.rand(2, 24, 24, 3, generator=torch.Generator().manual_seed(0))
+    b = (a + 0.1).clamp(0, 1)
+    torch.testing.assert_close(psnr(a, a + 0.1), torch.full((2,), 20.0))
+    torch.testing.assert_close(ssim(a, a), torch.ones(2))
+    assert (ssim(a, b) < 1).all() and (ssim(a, torch.rand_like(a)) < 0.2).all()
+    assert photometric_loss(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    expected = (0.8 * 0.1 + 0.2 * (1 - ssim(a, a + 0.1))).sum()  # per view, summed over views
+    torch.testing.assert_close(photometric_loss(a, a + 0.1), expected, rtol=1e-5, atol=0)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    random_net().save_pretrained(tmp_path / "tiny")
+    return str(tmp_path / "tiny")
+
+
+def test_race_writes_curves_plot_table_and_resumes(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    from l2s_optim.data import synthetic_scene
+
+    monkeypatch.setattr(bench, "load_scene", lambda *a, **k: synthetic_scene(n_views=9, size=24, n_gaussians=600))
+    out = tmp_path / "out"
+    argv = ["--scene", "synthetic", "--optimizers", f"adam,adam-tuned,l2s:{tiny_checkpoint}", "--steps", "20",
+            "--tune-steps", "5", "--background", "0", "0", "0", "--out", str(out)]
+    bench.main(argv)
+    results = json.loads((out / "results.json").read_text())
+    curves = results["curves"]
+    assert list(curves) == ["adam", "adam-tuned", f"l2s:{tiny_checkpoint}"]
+    adam = curves["adam"]
+    assert adam["steps"] == [0, 1, 2, 5, 10, 20] and len(adam["psnr"]) == 6
+    assert adam["psnr"][-1] > adam["psnr"][0]  # Adam fits the scene
+    assert all(b >= a for a, b in zip(adam["seconds"], adam["seconds"][1:]))
+    assert curves["adam-tuned"]["extra"]["lr_multiplier"] in bench.TUNE_MULTIPLIERS
+    assert results["machine"]["torch"] == torch.__version__ and results["settings"]["seed"] == 0
+    assert (out / "psnr.png").stat().st_size > 10_000
+    table = capsys.readouterr().out
+    assert "adam-tuned" in table and "@10" in table and "x adam" in table
+    bench.main(argv)  # same command again: everything is resumed from results.json
+    assert table.count("already in") == 0 and capsys.readouterr().out.count("already in") == 3
+
+
+def test_summary_reports_steps_and_seconds_to_adams_final_psnr():
+    curves = {
+        "adam": bench.Curve("adam", [0, 10, 100], [10.0, 20.0, 25.0], [0.5] * 3, [0.0, 1.0, 10.0]),
+        "fast": bench.Curve("fast", [0, 10, 100], [10.0, 26.0, 27.0], [0.5] * 3, [0.0, 2.0, 20.0]),
+    }
+    row = summarize(curves).splitlines()[2].split()
+    assert row == ["fast", "26.00", "-", "27.00", "27.00", "10", "2.0", "200.0", "2.00"]
+
+
+def test_micro_benchmark(tmp_path, tiny_checkpoint):
+    rows = bench.run_micro(bench.parser().parse_args(
+        ["--micro", "--sizes", "200", "--repeats", "1", "--checkpoint", tiny_checkpoint, "--out", str(tmp_path)]))
+    assert rows[0]["n"] == 200 and rows[0]["l2s_ms"] > 0 and rows[0]["adam_ms"] > 0
+    assert json.loads((tmp_path / "micro.json").read_text())["rows"] == rows
+
+
+def test_demo_runs_adam_alone_without_bundled_weights(tmp_path, capsys, monkeypatch):
+    from l2s_optim.data import synthetic_scene
+
+    monkeypatch.setattr(bench, "load_scene", lambda *a, **k: synthetic_scene(n_views=9, size=24, n_gaussians=600))
+    demo.main(["--steps", "5", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "Learn2Splat is left out of this demo: no bundled 'dense' weights" in printed
+    assert list(json.loads((tmp_path / "results.json").read_text())["curves"]) == ["adam"]
