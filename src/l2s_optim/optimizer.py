@@ -97,7 +97,7 @@ class Learn2Splat(Optimizer):
             raise ValueError(f"each Gaussian attribute may appear once, got names {[g['name'] for g in self.param_groups]}")
         params_by_role = self._params_by_role()
         n = check_gaussians(params_by_role)
-        self.net = load_network(checkpoint).to(params_by_role["means"].device).eval().requires_grad_(False)
+        self.net = load_network(checkpoint).to(params_by_role["means"].device).eval()
         config = self.net.config
         if sh_degree_of(params_by_role) > config.sh_degree:
             raise ValueError(f"parameters have SH degree {sh_degree_of(params_by_role)} but the checkpoint "

@@ -159,6 +159,7 @@ class StepResult:
     """New values for the active rows (index with the same ``active`` indices)."""
 
     params: dict[str, Tensor]  # role -> [A,...], clamped
+    normalised: dict[str, Tensor]  # the Adam-normalised gradients the network saw
     exp_avg: dict[str, Tensor]
     exp_avg_sq: dict[str, Tensor]
     count: dict[str, Tensor]  # role -> [A]
@@ -200,4 +201,4 @@ def learned_step(
     delta = unpack(delta, params)
     updated = {r: params[r] - lrs[r] * delta[r].to(params[r].dtype) for r in params}
     clamp_(updated, config)
-    return StepResult(updated, new_m, new_v, new_count, new_latent.to(latent.dtype))
+    return StepResult(updated, normalised, new_m, new_v, new_count, new_latent.to(latent.dtype))

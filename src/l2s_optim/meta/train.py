@@ -1,0 +1,359 @@
+"""``l2s-meta-train``: meta-train the Learn2Splat network, as published, at any scale.
+
+Each meta-iteration starts a scene fresh from its initialiser or from the checkpoint buffer,
+unrolls the learned optimizer for tau ~ U[1, max_tau] inner steps on batches of context views and
+scores every inner step on held-out target views and a few context views (L1 + SSIM term, weight
+0.9^(tau-1-i)), with the deltas penalty and the stability loss. Gaussians are detached between inner
+steps; the meta-gradient crosses steps through the latent state. Afterwards a rollout advances the
+scene by U[1, max] steps with the current (frozen) network and the state returns to the buffer.
+
+Distributed: under ``torchrun`` each rank meta-trains on its own scenes and gradients are averaged
+(gloo on CPU, nccl on GPU). Progress bar, CSV (and TensorBoard when installed) logs, exact resume
+from ``meta_state_rank*.pt``, and a final ``model/`` folder (``save_pretrained``) with a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..data import Scene, dense_init, load_scene, sparse_init, synthetic_scene
+from ..knn import knn
+from ..losses import photometric_loss, psnr, ssim
+from ..network import Learn2SplatNet, NetConfig
+from ..render import render_splats
+from ..step import learned_step
+from .buffer import CheckpointBuffer, SceneState
+
+
+@dataclass
+class MetaConfig:
+    setting: str = "dense"  # dense: SfM-like points, random latent; sparse: pixel-aligned from context views
+    iterations: int = 2000
+    net: dict = field(default_factory=lambda: {"width": 64, "depth": 2, "attn_dim": 32, "mlp_hidden": 128, "k": 4})
+    lr: float = 1e-3  # AdamW, one-cycle cosine with 1% warm-up
+    weight_decay: float = 0.01
+    grad_clip: float = 0.5
+    max_tau: int = 6
+    rollout_max: int = 50  # grows linearly from 1 over the first rollout_warmup of the iterations
+    rollout_warmup: float = 0.1
+    context_views: int = 4  # views per inner step
+    target_views: int = 3
+    context_in_meta_loss: int = 2
+    ssim_weight: float = 0.5  # stand-in for the released LPIPS weight
+    deltas_weight: float = 1.0
+    deltas_after: int = 100
+    stability_weight: float = 1.0
+    buffer_size: int = 20
+    procedural_scenes: int = 8  # per rank
+    procedural_size: int = 40
+    scene_dirs: list[str] = field(default_factory=list)
+    scene_factor: int = 8
+    seed: int = 0
+    save_every: int = 100
+
+
+class MetaTrainer:
+    def __init__(self, config: MetaConfig, out: Path, device: torch.device, rank: int = 0, world: int = 1) -> None:
+        self.config, self.out, self.device, self.rank, self.world = config, out, device, rank, world
+        self.generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.net = Learn2SplatNet(NetConfig(**config.net)).to(device)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=config.lr, total_steps=max(config.iterations, 2), pct_start=0.01, anneal_strategy="cos"
+        )
+        self.buffer = CheckpointBuffer(config.buffer_size, seed=config.seed * 1000 + rank)
+        self.scenes = self._scenes()
+        self.iteration = 0
+        self.seconds = 0.0
+
+    # --------------------------------------------------------------------------------- scenes
+    def _scenes(self) -> list[Scene]:
+        c = self.config
+        scenes = [synthetic_scene(n_views=16, size=c.procedural_size, n_gaussians=2000, seed=10_000 + 100 * self.rank + i,
+                                  test_every=10**9) for i in range(c.procedural_scenes)]
+        for folder in c.scene_dirs:  # real scenes: their training views only, never their test views
+            scenes.append(load_scene(folder, factor=c.scene_factor, background=(0.0, 0.0, 0.0)).train_views)
+        return [Scene(**{**s.__dict__, "images": s.images.to(self.device), "viewmats": s.viewmats.to(self.device),
+                         "Ks": s.Ks.to(self.device)}) for s in scenes]
+
+    def _randint(self, low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (), generator=self.generator))
+
+    def _fresh_state(self) -> SceneState:
+        index = self._randint(0, len(self.scenes) - 1)
+        scene = self.scenes[index]
+        if self.config.setting == "dense":
+            fraction = 0.1 + 0.9 * torch.rand((), generator=self.generator).item()
+            splats = dense_init(scene, fraction=fraction, seed=self._randint(0, 10**6))
+        else:
+            views = torch.randperm(scene.images.shape[0], generator=self.generator)[:4].tolist()
+            splats = sparse_init(scene, views)
+        params = {k: v.detach().to(self.device) for k, v in splats.items()}
+        n = params["means"].shape[0]
+        zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+        return SceneState(index, params, zeros, {k: torch.zeros_like(v) for k, v in params.items()},
+                          {k: torch.zeros(n, device=self.device) for k in params},
+                          torch.zeros(n, self.net.config.width, device=self.device))
+
+    def _views(self, scene: Scene, count: int, exclude: Tensor | None = None) -> Tensor:
+        order = torch.randperm(scene.images.shape[0], generator=self.generator)
+        if exclude is not None:
+            order = order[~torch.isin(order, exclude)]
+        return order[:count]
+
+    def _render(self, params: dict[str, Tensor], scene: Scene, views: Tensor) -> Tensor:
+        background = torch.tensor(scene.background, device=self.device)
+        images, _, _ = render_splats(params, scene.viewmats[views], scene.Ks[views], scene.width, scene.height, background)
+        return images
+
+    # ------------------------------------------------------------------------------ inner step
+    def inner_step(self, state: SceneState, views: Tensor, differentiable: bool) -> tuple[SceneState, dict]:
+        """One learned-optimizer step on ``views``; differentiable w.r.t. the network (and the
+        incoming latent state) when asked. Parameters enter detached."""
+        scene = self.scenes[state.scene]
+        params = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
+        with torch.enable_grad():
+            loss = photometric_loss(self._render(params, scene, views), scene.images[views])
+            grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+        n = params["means"].shape[0]
+        active = torch.stack([g.reshape(n, -1).ne(0).any(1) for g in grads.values()]).any(0)
+        idx = active.nonzero().squeeze(1)
+        latent = state.latent
+        fresh = latent[idx].detach().eq(0).all(1)
+        if fresh.any():  # N(0,1) initial latent state for fresh Gaussians (dense setting, as released)
+            noise = torch.randn(int(fresh.sum()), latent.shape[1], generator=self.generator).to(self.device)
+            latent = latent.index_put((idx[fresh],), noise)
+        means = params["means"].detach()[idx]
+        neighbours = knn(means, min(self.net.config.k, len(idx)))
+
+        def rows(mapping: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.detach()[idx] for k, v in mapping.items()}
+
+        with torch.set_grad_enabled(differentiable):
+            result = learned_step(self.net, rows(params), rows(grads), rows(state.exp_avg), rows(state.exp_avg_sq),
+                                  rows(state.count), latent[idx], neighbours, torch.ones_like(neighbours, dtype=torch.bool),
+                                  {k: 1.0 for k in params}, autocast=False)
+            new_params = {k: v.detach().index_put((idx,), result.params[k]) for k, v in params.items()}
+            new_latent = latent.index_put((idx,), result.latent)
+
+        def commit(old: dict[str, Tensor], new: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: old[k].detach().index_put((idx,), new[k].detach()) for k in old}
+
+        new_state = SceneState(state.scene, new_params, commit(state.exp_avg, result.exp_avg),
+                               commit(state.exp_avg_sq, result.exp_avg_sq), commit(state.count, result.count),
+                               new_latent, state.steps + 1)
+        aux = {"delta": {k: rows(params)[k] - result.params[k] for k in params}, "normalised": result.normalised,
+               "raw": rows(grads)}
+        return new_state, aux
+
+    # --------------------------------------------------------------------------- meta losses
+    def _deltas_loss(self, aux: dict) -> Tensor:
+        """L1 of update entries that move against Adam's direction or where the gradient is ~0."""
+        total, count = 0.0, 0
+        for k, delta in aux["delta"].items():
+            wrong = (aux["raw"][k].abs() < 1e-8) | (delta * aux["normalised"][k] < 0)
+            total = total + (delta.abs() * wrong).sum()
+            count += delta.numel()
+        return total / max(count, 1)
+
+    def _view_errors(self, params: dict[str, Tensor], scene: Scene, views: Tensor) -> tuple[Tensor, Tensor]:
+        images = self._render(params, scene, views)
+        target = scene.images[views]
+        l1 = (images - target).abs().mean((-3, -2, -1))
+        return l1, l1 + self.config.ssim_weight * (1 - ssim(images, target))
+
+    def meta_iteration(self) -> dict:
+        c = self.config
+        sampled = self.buffer.sample()
+        state = (sampled.detached(self.device) if sampled is not None else self._fresh_state())
+        scene = self.scenes[state.scene]
+        tau = self._randint(1, c.max_tau)
+        targets = self._views(scene, c.target_views)
+        with torch.no_grad():
+            previous_l1, _ = self._view_errors(state.params, scene, targets)
+        previous_l1 = previous_l1.detach()
+        image_loss = deltas_loss = stability_loss = torch.zeros((), device=self.device)
+        for i in range(tau):
+            context = self._views(scene, c.context_views, exclude=targets)
+            state, aux = self.inner_step(state, context, differentiable=True)
+            scored = torch.cat([targets, context[: c.context_in_meta_loss]])
+            l1, per_view = self._view_errors(state.params, scene, scored)
+            image_loss = image_loss + 0.9 ** (tau - 1 - i) * per_view.mean()
+            stability_loss = stability_loss + torch.relu(l1[: len(targets)] - previous_l1).sum()
+            previous_l1 = l1[: len(targets)].detach()
+            if self.iteration >= c.deltas_after:
+                deltas_loss = deltas_loss + self._deltas_loss(aux)
+        loss = image_loss + c.deltas_weight * deltas_loss + c.stability_weight * stability_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._average_gradients()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+        with torch.no_grad():
+            target_psnr = psnr(self._render(state.params, scene, targets), scene.images[targets]).mean().item()
+            state = self.rollout(state.detached())
+        self.buffer.push(state, sampled is not None)
+        return {"loss": loss.item(), "image": image_loss.item(), "deltas": deltas_loss.item(),
+                "stability": stability_loss.item(), "grad_norm": grad_norm.item(), "tau": tau,
+                "target_psnr": target_psnr, "scene_steps": state.steps, "lr": self.schedule.get_last_lr()[0]}
+
+    def rollout(self, state: SceneState) -> SceneState:
+        """Advance a scene by U[1, max] frozen steps; max grows from 1 to rollout_max."""
+        c = self.config
+        progress = min(1.0, self.iteration / max(1.0, c.rollout_warmup * c.iterations))
+        steps = self._randint(1, max(1, round(1 + progress * (c.rollout_max - 1))))
+        scene = self.scenes[state.scene]
+        for _ in range(steps):
+            state, _ = self.inner_step(state, self._views(scene, 1), differentiable=False)
+        return state
+
+    def _average_gradients(self) -> None:
+        if self.world == 1:
+            return
+        for p in self.net.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= self.world
+
+    # ----------------------------------------------------------------------- checkpointing
+    def state_path(self) -> Path:
+        return self.out / f"meta_state_rank{self.rank}.pt"
+
+    def save(self) -> None:
+        torch.save({"iteration": self.iteration, "seconds": self.seconds, "net": self.net.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                    "buffer": self.buffer.state_dict(), "generator": self.generator.get_state(),
+                    "config": asdict(self.config)}, self.state_path())
+
+    def load(self) -> None:
+        saved = torch.load(self.state_path(), map_location=self.device, weights_only=True)
+        if saved["config"] != asdict(self.config):
+            raise ValueError(f"{self.state_path()} was written with another configuration; refusing to resume")
+        self.net.load_state_dict(saved["net"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.buffer.load_state_dict(saved["buffer"])
+        self.generator.set_state(saved["generator"])
+        self.iteration, self.seconds = saved["iteration"], saved["seconds"]
+
+    # ------------------------------------------------------------------------------ the loop
+    def train(self, progress: bool = True, until: int | None = None) -> None:
+        """Meta-train up to ``config.iterations`` (or ``until``, to stop early and resume later)."""
+        from tqdm.auto import tqdm
+
+        c = self.config
+        log_path = self.out / f"log_rank{self.rank}.csv"
+        writer = _tensorboard(self.out) if self.rank == 0 else None
+        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress or self.rank != 0, desc="meta")
+        while self.iteration < min(c.iterations, until or c.iterations):
+            start = time.perf_counter()
+            row = self.meta_iteration()
+            self.seconds += time.perf_counter() - start
+            self.iteration += 1
+            row = {"iteration": self.iteration, "seconds": round(self.seconds, 3), **row}
+            new_file = not log_path.is_file()
+            with open(log_path, "a", newline="") as f:
+                csv_writer = csv.DictWriter(f, fieldnames=list(row))
+                if new_file:
+                    csv_writer.writeheader()
+                csv_writer.writerow(row)
+            if writer is not None:
+                for key, value in row.items():
+                    writer.add_scalar(key, value, self.iteration)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['target_psnr']:.2f}")
+            if self.iteration % c.save_every == 0 or self.iteration in (c.iterations, until):
+                self.save()
+        bar.close()
+
+    @torch.no_grad()
+    def weights_checksum(self) -> float:
+        return float(sum(p.double().sum() for p in self.net.parameters()))
+
+    def finish(self) -> Path:
+        """Save ``model/`` (config.json, model.safetensors, README.md model card)."""
+        folder = self.out / "model"
+        self.net.save_pretrained(folder)
+        card = {"setting": self.config.setting, "meta_iterations": self.iteration, "wall_clock_seconds": round(self.seconds),
+                "ranks": self.world, "device": str(self.device), "config": asdict(self.config),
+                "network": asdict(self.net.config)}
+        (folder / "README.md").write_text(
+            "# Learn2Splat network meta-trained with l2s-optim\n\n"
+            f"Setting: {self.config.setting}. Data: {self.config.procedural_scenes} procedural scenes per rank"
+            f"{', plus the training views of ' + ', '.join(self.config.scene_dirs) if self.config.scene_dirs else ''}.\n"
+            f"Meta-iterations: {self.iteration}, wall-clock {self.seconds / 60:.1f} min on {self.world} x {self.device}.\n\n"
+            "Benchmark numbers: see the l2s-optim README (measured with `l2s-bench`).\n\n"
+            "```json\n" + json.dumps(card, indent=1) + "\n```\n"
+        )
+        return folder
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="l2s-meta-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--setting", choices=["dense", "sparse"], default="dense")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--attn-dim", type=int, default=32)
+    p.add_argument("--mlp-hidden", type=int, default=128)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-tau", type=int, default=6)
+    p.add_argument("--rollout-max", type=int, default=50)
+    p.add_argument("--procedural-scenes", type=int, default=8)
+    p.add_argument("--procedural-size", type=int, default=40)
+    p.add_argument("--scenes", nargs="*", default=[], help="COLMAP / transforms.json folders (training views used)")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from --out/meta_state_rank*.pt")
+    args = p.parse_args(argv)
+    config = MetaConfig(
+        setting=args.setting, iterations=args.iterations, lr=args.lr, max_tau=args.max_tau, rollout_max=args.rollout_max,
+        net={"width": args.width, "depth": args.depth, "attn_dim": args.attn_dim, "mlp_hidden": args.mlp_hidden, "k": args.k},
+        procedural_scenes=args.procedural_scenes, procedural_size=args.procedural_size, scene_dirs=args.scenes,
+        save_every=args.save_every, seed=args.seed,
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device.startswith("cuda")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    args.out.mkdir(parents=True, exist_ok=True)
+    trainer = MetaTrainer(config, args.out, device, rank, world)
+    if args.resume:
+        trainer.load()
+    trainer.train()
+    checksums = [trainer.weights_checksum()]
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, checksums[0])
+        checksums = gathered
+    if rank == 0:
+        (args.out / "sync.json").write_text(json.dumps({"weight_checksums": checksums}))
+        print(f"saved {trainer.finish()} after {trainer.iteration} meta-iterations ({trainer.seconds / 60:.1f} min)")
+    if world > 1:
+        dist.destroy_process_group()
