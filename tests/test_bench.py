@@ -79,3 +79,10 @@ def test_demo_runs_adam_alone_without_bundled_weights(tmp_path, capsys, monkeypa
     printed = capsys.readouterr().out
     assert "Learn2Splat is left out of this demo: no bundled 'dense' weights" in printed
     assert list(json.loads((tmp_path / "results.json").read_text())["curves"]) == ["adam"]
+
+
+def test_render_speed_benchmark(tmp_path):
+    rows = bench.run_render_speed(bench.parser().parse_args(
+        ["--render-speed", "--sizes", "300", "--render-size", "32", "--repeats", "1", "--out", str(tmp_path)]))
+    assert rows[0]["n"] == 300 and rows[0]["forward_backward_ms"] > 0 and rows[0]["pairs_bound"] > 0
+    assert (tmp_path / "render_speed.json").is_file()

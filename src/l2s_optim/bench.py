@@ -301,6 +301,42 @@ def run_micro(args) -> list[dict]:
     return rows
 
 
+def run_render_speed(args) -> list[dict]:
+    """ms per view of the rasterizer, forward and forward+backward, on random Gaussians (the
+    ``random`` init: uniform in a cube, 3-NN scales, opacity 0.1) seen by a lego-like camera."""
+    from .data.init import gaussians_from_points
+    from .data.synthetic import orbit_cameras
+
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    size = args.render_size
+    viewmats = orbit_cameras(1).to(device)
+    Ks = torch.tensor([[[1.39 * size, 0.0, size / 2], [0.0, 1.39 * size, size / 2], [0.0, 0.0, 1.0]]], device=device)
+    rows = []
+    for n in (int(float(s)) for s in args.sizes.split(",")):
+        g = torch.Generator().manual_seed(0)
+        splats = gaussians_from_points((torch.rand(n, 3, generator=g) * 2 - 1) * 0.45, torch.rand(n, 3, generator=g)).to(device)
+        times = {}
+        for mode in ("forward", "forward_backward"):
+            for repeat in range(args.repeats + 1):  # the first run warms up
+                _sync(device)
+                start = time.perf_counter()
+                with torch.set_grad_enabled(mode != "forward"):
+                    image, _, info = render_splats(splats, viewmats, Ks, size, size)
+                    if mode != "forward":
+                        image.sum().backward()
+                _sync(device)
+                if repeat:
+                    times.setdefault(mode, []).append(1000 * (time.perf_counter() - start))
+        pairs = int((info["radii"].float().prod(-1) * 4).sum())
+        rows.append({"n": n, "size": size, "pairs_bound": pairs, **{f"{m}_ms": sorted(t)[len(t) // 2] for m, t in times.items()}})
+        print(f"N={n:>8,} {size}x{size}: forward {rows[-1]['forward_ms']:8.1f} ms, forward+backward "
+              f"{rows[-1]['forward_backward_ms']:8.1f} ms (median of {args.repeats}, {torch.get_num_threads()} threads)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "render_speed.json").write_text(json.dumps({"machine": machine_info(device), "rows": rows}, indent=1))
+    return rows
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="l2s-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scene", default="synthetic", help="COLMAP or transforms.json folder, or 'synthetic'")
@@ -317,12 +353,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="bench-out")
     p.add_argument("--micro", action="store_true", help="microbenchmark the optimizer step instead")
-    p.add_argument("--sizes", default="1e3,1e4,1e5", help="--micro: numbers of Gaussians")
-    p.add_argument("--repeats", type=int, default=5, help="--micro: timed steps per size")
+    p.add_argument("--render-speed", action="store_true", help="time the rasterizer instead")
+    p.add_argument("--render-size", type=int, default=200, help="--render-speed: image size")
+    p.add_argument("--sizes", default="1e3,1e4,1e5", help="--micro/--render-speed: numbers of Gaussians")
+    p.add_argument("--repeats", type=int, default=5, help="--micro/--render-speed: timed runs per size")
     p.add_argument("--checkpoint", default="dense", help="--micro: Learn2Splat checkpoint")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    run_micro(args) if args.micro else run_race(args)
+    if args.micro:
+        run_micro(args)
+    elif args.render_speed:
+        run_render_speed(args)
+    else:
+        run_race(args)

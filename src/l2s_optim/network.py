@@ -33,6 +33,7 @@ class NetConfig:
     mlp_hidden: int = 1024  # hidden width of each block's MLP
     k: int = 4  # neighbours per Gaussian, the Gaussian itself included
     feature_dim: int | None = None  # channels of feed-forward features (sparse setting), or None
+    magnitude_activation: str = "relu"  # "relu" as released; "softplus" cannot die during meta-training
     adam_beta1: float = 0.9  # moments behind the normalised-gradient features
     adam_beta2: float = 0.999
     adam_eps: float = 1e-15
@@ -51,6 +52,8 @@ class NetConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.attn_dim % self.heads:
             raise ValueError(f"attn_dim {self.attn_dim} is not divisible by heads {self.heads}")
+        if self.magnitude_activation not in ("relu", "softplus"):
+            raise ValueError(f"magnitude_activation must be 'relu' or 'softplus', got {self.magnitude_activation!r}")
 
     @property
     def sh_coeffs(self) -> int:
@@ -148,8 +151,8 @@ class Learn2SplatNet(
         nn.init.ones_(self.state_scale[2].bias)
         nn.init.zeros_(self.update_mlp[2].weight)
         nn.init.zeros_(self.update_mlp[2].bias)
-        with torch.no_grad():
-            self.update_mlp[2].bias[-1] = 1e-8  # magnitude bias; the direction starts at zero
+        with torch.no_grad():  # the direction starts at zero; the step length at 1e-8 (relu) or 1e-3 (softplus)
+            self.update_mlp[2].bias[-1] = 1e-8 if c.magnitude_activation == "relu" else math.log(math.expm1(1e-3))
 
     def project_features(self, features: Tensor) -> Tensor:
         """Initial latent state [N,W] from feed-forward features [N,feature_dim] (sparse setting)."""
@@ -183,5 +186,6 @@ class Learn2SplatNet(
         scale = self.state_scale(x_in.detach())
         out = self.update_mlp(scale * x).float()
         direction, magnitude = out[:, :p], out[:, p:]
-        delta = F.relu(magnitude) * direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)
+        length = F.relu(magnitude) if self.config.magnitude_activation == "relu" else F.softplus(magnitude)
+        delta = length * direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)
         return delta, x.float()

@@ -39,8 +39,9 @@ from .buffer import CheckpointBuffer, SceneState
 class MetaConfig:
     setting: str = "dense"  # dense: SfM-like points, random latent; sparse: pixel-aligned from context views
     iterations: int = 2000
-    net: dict = field(default_factory=lambda: {"width": 64, "depth": 2, "attn_dim": 32, "mlp_hidden": 128, "k": 4})
-    lr: float = 1e-3  # AdamW, one-cycle cosine with 1% warm-up
+    net: dict = field(default_factory=lambda: {"width": 64, "depth": 2, "attn_dim": 32, "mlp_hidden": 128, "k": 4,
+                                               "magnitude_activation": "softplus"})
+    lr: float = 5e-4  # AdamW, one-cycle cosine with 1% warm-up
     weight_decay: float = 0.01
     grad_clip: float = 0.5
     max_tau: int = 6
@@ -319,7 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attn-dim", type=int, default=32)
     p.add_argument("--mlp-hidden", type=int, default=128)
     p.add_argument("--k", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--magnitude-activation", choices=["relu", "softplus"], default="softplus",
+                   help="relu as released; softplus (default) cannot collapse to zero updates early in meta-training")
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--max-tau", type=int, default=6)
     p.add_argument("--rollout-max", type=int, default=50)
     p.add_argument("--procedural-scenes", type=int, default=8)
@@ -332,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     config = MetaConfig(
         setting=args.setting, iterations=args.iterations, lr=args.lr, max_tau=args.max_tau, rollout_max=args.rollout_max,
-        net={"width": args.width, "depth": args.depth, "attn_dim": args.attn_dim, "mlp_hidden": args.mlp_hidden, "k": args.k},
+        net={"width": args.width, "depth": args.depth, "attn_dim": args.attn_dim, "mlp_hidden": args.mlp_hidden, "k": args.k,
+             "magnitude_activation": args.magnitude_activation},
         procedural_scenes=args.procedural_scenes, procedural_size=args.procedural_size, scene_dirs=args.scenes,
         save_every=args.save_every, seed=args.seed,
     )
