@@ -27,7 +27,16 @@ def test_views_are_real_optimizers_sharing_groups_and_state(splats):
         assert view.state is joint.state
 
 
-def test_gsplat_loop_equals_joint_steps():
+def zero_grad_in_place_iteration(optimizers, splats, targets):
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=False)  # the same gradient tensors are reused
+    quadratic_loss(splats, targets).backward()
+    for opt in optimizers.values():
+        opt.step()
+
+
+@pytest.mark.parametrize("iteration", [gsplat_iteration, zero_grad_in_place_iteration])
+def test_view_loops_equal_joint_steps(iteration):
     a, b = make_splats(), make_splats()
     targets = targets_like(a)
     joint = Learn2Splat(a, random_net())
@@ -36,28 +45,10 @@ def test_gsplat_loop_equals_joint_steps():
         joint.zero_grad()
         quadratic_loss(a, targets).backward()
         joint.step()
-        gsplat_iteration(views, b, targets)
+        iteration(views, b, targets)
     for k in a:
         assert torch.equal(a[k], b[k])
     assert views["means"].state[b["means"]]["step"] == 3  # one joint step per iteration, not six
-
-
-def test_views_step_again_when_gradients_are_zeroed_in_place():
-    a, b = make_splats(), make_splats()
-    targets = targets_like(a)
-    joint = Learn2Splat(a, random_net())
-    views = Learn2Splat(b, random_net()).per_name_optimizers()
-    for _ in range(3):
-        joint.zero_grad()
-        quadratic_loss(a, targets).backward()
-        joint.step()
-        for opt in views.values():
-            opt.zero_grad(set_to_none=False)  # the same gradient tensors are reused
-        quadratic_loss(b, targets).backward()
-        for opt in views.values():
-            opt.step()
-    for k in a:
-        assert torch.equal(a[k], b[k])
 
 
 def test_view_accepts_selective_adam_visibility(splats):
