@@ -125,3 +125,35 @@ def test_mcmc_relocate_and_sample_add(scene, monkeypatch):
     losses = iterate(optimizers, splats, 20)
     check_consistent(joint, splats)
     assert losses[-1] < 0.9 * losses[0]
+
+
+def test_default_strategy_step_post_backward_with_cpu_renderer_info():
+    """The whole DefaultStrategy loop (grad2d statistics, grow, prune) fed by our renderer's info."""
+    from l2s_optim.data import dense_init, synthetic_scene
+    from l2s_optim.losses import photometric_loss
+    from l2s_optim.render import render_splats
+
+    scene = synthetic_scene(n_views=8, size=32, n_gaussians=1200)
+    splats = dense_init(scene)
+    joint = Learn2Splat(splats, AdamEchoNet(), lr=0.01)
+    optimizers = joint.per_name_optimizers()
+    strategy = DefaultStrategy(refine_start_iter=2, refine_every=4, reset_every=1000, grow_grad2d=1e-5,
+                               prune_opa=0.05, verbose=False)
+    strategy.check_sanity(splats, optimizers)
+    state = strategy.initialize_state(scene_scale=1.0)
+    counts, losses = [], []
+    for step in range(13):
+        v = step % 8
+        image, _, info = render_splats(splats, scene.viewmats[v : v + 1], scene.Ks[v : v + 1], 32, 32)
+        strategy.step_pre_backward(splats, optimizers, state, step, info)
+        loss = photometric_loss(image, scene.images[v : v + 1])
+        loss.backward()
+        for opt in optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        strategy.step_post_backward(splats, optimizers, state, step, info, packed=False)
+        counts.append(len(splats["means"]))
+        losses.append(loss.item())
+        check_consistent(joint, splats)
+    assert counts[-1] != counts[0]  # the strategy grew and/or pruned at steps 4, 8 and 12
+    assert sum(losses[-4:]) < sum(losses[:4])
