@@ -66,3 +66,11 @@ class AdamEchoNet(nn.Module):
 @pytest.fixture
 def splats():
     return make_splats()
+
+
+@pytest.fixture
+def no_bundled_weights(monkeypatch, tmp_path):
+    """As if this install shipped no bundled checkpoints."""
+    import l2s_optim.hub
+
+    monkeypatch.setattr(l2s_optim.hub, "bundled_path", lambda name: tmp_path / "no-weights" / name)

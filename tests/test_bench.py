@@ -71,7 +71,7 @@ def test_micro_benchmark(tmp_path, tiny_checkpoint):
     assert json.loads((tmp_path / "micro.json").read_text())["rows"] == rows
 
 
-def test_demo_runs_adam_alone_without_bundled_weights(tmp_path, capsys, monkeypatch):
+def test_demo_runs_adam_alone_without_bundled_weights(tmp_path, capsys, monkeypatch, no_bundled_weights):
     from l2s_optim.data import synthetic_scene
 
     monkeypatch.setattr(bench, "load_scene", lambda *a, **k: synthetic_scene(n_views=9, size=24, n_gaussians=600))

@@ -46,7 +46,7 @@ def test_corrupt_and_mismatched_folders(tmp_path):
         load_network("no-such-thing")
 
 
-def test_bundled_names_fail_clearly_until_weights_ship():
+def test_missing_bundled_weights_fail_clearly(no_bundled_weights):
     for name in ("dense", "sparse"):
         with pytest.raises(FileNotFoundError, match=f"no bundled '{name}' weights"):
             load_network(name)
@@ -164,7 +164,10 @@ def test_hub_repo_ids_load_from_offline_cache(tmp_path):
 
 def test_configured_but_unreachable_hub_repo_falls_back_with_reason(tmp_path):
     out = run_offline(tmp_path, """
+        from pathlib import Path
+        import l2s_optim.hub
         from l2s_optim import load_network
+        l2s_optim.hub.bundled_path = lambda name: Path("/nonexistent") / name  # as if none shipped
         try:
             load_network("sparse")
         except FileNotFoundError as err:

@@ -256,6 +256,9 @@ def test_other_bad_inputs(splats):
         Learn2Splat(list(splats.values()), random_net())
     with pytest.raises(ValueError, match="learning rate"):
         Learn2Splat(splats, random_net(), lr=-1.0)
+
+
+def test_missing_bundled_checkpoint_is_a_clear_error(splats, no_bundled_weights):
     with pytest.raises(FileNotFoundError, match="no bundled 'dense' weights"):
         Learn2Splat(splats, "dense")
 
