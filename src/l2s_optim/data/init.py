@@ -59,12 +59,13 @@ def dense_init(scene: Scene, *, fraction: float = 1.0, sh_degree: int = 3, seed:
 
 
 def random_init(scene: Scene, *, n: int = 20_000, extent: float | None = None, sh_degree: int = 3, seed: int = 0) -> nn.ParameterDict:
-    """``n`` Gaussians uniformly in a cube of half-size ``extent`` around the origin (default: half the
-    mean camera distance), random colours."""
+    """``n`` Gaussians uniformly in a cube of half-size ``extent`` around the point the cameras look at
+    (:attr:`Scene.focus`; default extent: half its mean distance to the cameras), random colours."""
     g = torch.Generator().manual_seed(seed)
+    focus = scene.focus.cpu()
     if extent is None:
-        extent = 0.5 * scene.camera_centers.norm(dim=-1).mean().item()
-    points = (torch.rand(n, 3, generator=g) * 2 - 1) * extent
+        extent = 0.5 * (scene.camera_centers.cpu() - focus).norm(dim=-1).mean().item()
+    points = focus + (torch.rand(n, 3, generator=g) * 2 - 1) * extent
     return gaussians_from_points(points, torch.rand(n, 3, generator=g), sh_degree=sh_degree)
 
 

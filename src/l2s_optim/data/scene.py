@@ -53,6 +53,14 @@ class Scene:
     def camera_centers(self) -> Tensor:
         return torch.linalg.inv(self.viewmats)[:, :3, 3]
 
+    @property
+    def focus(self) -> Tensor:
+        """[3] the point nearest to every camera's optical axis (least squares): what the views look at."""
+        forward = self.viewmats[:, 2, :3]  # camera z axes in world coordinates
+        projector = torch.eye(3, device=forward.device) - forward[:, :, None] * forward[:, None, :]  # [V,3,3]
+        rhs = (projector @ self.camera_centers[:, :, None]).sum(0)
+        return torch.linalg.lstsq(projector.sum(0), rhs).solution[:, 0]
+
     def subset(self, mask: Tensor) -> Scene:
         """The views selected by a [V] bool mask (points are shared)."""
         pick = mask.nonzero().squeeze(1)
