@@ -86,3 +86,11 @@ def test_render_speed_benchmark(tmp_path):
         ["--render-speed", "--sizes", "300", "--render-size", "32", "--repeats", "1", "--out", str(tmp_path)]))
     assert rows[0]["n"] == 300 and rows[0]["forward_backward_ms"] > 0 and rows[0]["pairs_bound"] > 0
     assert (tmp_path / "render_speed.json").is_file()
+
+
+def test_demo_races_the_bundled_learn2splat_against_adam(tmp_path, monkeypatch):
+    from l2s_optim.data import synthetic_scene
+
+    monkeypatch.setattr(bench, "load_scene", lambda *a, **k: synthetic_scene(n_views=9, size=24, n_gaussians=600))
+    demo.main(["--steps", "5", "--out", str(tmp_path)])
+    assert list(json.loads((tmp_path / "results.json").read_text())["curves"]) == ["adam", "l2s:dense"]
