@@ -31,6 +31,9 @@ from .render import render_splats
 GSPLAT_LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
 TUNE_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0, 8.0)
 TABLE_STEPS = (10, 50, 100, 500, 1000, 2000)
+# the arguments that define a race: a results.json with the same ones is resumed
+RACE_SETTINGS = ("scene", "init", "steps", "batch", "factor", "background", "fraction", "n_random", "tune_steps", "seed",
+                 "device")
 
 
 def log_spaced_steps(total: int) -> list[int]:
@@ -223,9 +226,10 @@ def run_race(args) -> dict[str, Curve]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    settings = {k: v for k, v in vars(args).items() if k not in ("optimizers", "out", "micro", "sizes")}
+    settings = {k: getattr(args, k) for k in RACE_SETTINGS}
     saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    done = saved.get("curves", {}) if saved.get("settings") == settings else {}
+    same_race = {k: saved.get("settings", {}).get(k) for k in RACE_SETTINGS} == settings
+    done = saved.get("curves", {}) if same_race else {}
     curves = {name: Curve(**c) for name, c in done.items()}
     print(f"{args.scene}: {train.images.shape[0]} train / {test.images.shape[0]} test views at "
           f"{scene.width}x{scene.height}, {len(initial['means'])} Gaussians ({args.init} init), device {device}")
