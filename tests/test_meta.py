@@ -58,6 +58,15 @@ def test_inner_steps_detach_gaussians_but_carry_the_latent_state(trainer):
     assert set(aux) == {"delta", "normalised", "raw"}
 
 
+def test_inner_step_without_visible_gaussians_changes_nothing(trainer):
+    start = trainer._fresh_state()
+    start.params["means"] = start.params["means"] + 100.0  # far outside every view
+    after, aux = trainer.inner_step(start, torch.arange(2), differentiable=True)
+    assert after.steps == 1 and aux["delta"] == {}
+    for k in start.params:
+        assert torch.equal(after.params[k], start.params[k])
+
+
 def test_deltas_loss_penalises_only_wrong_way_and_zero_gradient_entries(trainer):
     aux = {"delta": {"means": torch.tensor([[0.5, -0.5, 0.2]])},
            "normalised": {"means": torch.tensor([[1.0, 1.0, 1.0]])},

@@ -19,7 +19,7 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -130,6 +130,8 @@ class MetaTrainer:
         n = params["means"].shape[0]
         active = torch.stack([g.reshape(n, -1).ne(0).any(1) for g in grads.values()]).any(0)
         idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:  # no Gaussian seen from these views: nothing moves, as in Learn2Splat.step
+            return replace(state, steps=state.steps + 1), {"delta": {}, "normalised": {}, "raw": {}}
         latent = state.latent
         fresh = latent[idx].detach().eq(0).all(1)
         if fresh.any():  # N(0,1) initial latent state for fresh Gaussians (dense setting, as released)
@@ -197,7 +199,8 @@ class MetaTrainer:
                 deltas_loss = deltas_loss + self._deltas_loss(aux)
         loss = image_loss + c.deltas_weight * deltas_loss + c.stability_weight * stability_loss
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:  # False only when no inner step saw a Gaussian
+            loss.backward()
         self._average_gradients()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
         self.optimizer.step()
