@@ -280,10 +280,10 @@ def run_micro(args) -> list[dict]:
     from .network import Learn2SplatNet
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        net, weights = load_network(args.checkpoint), args.checkpoint
-    except FileNotFoundError:
+    if args.checkpoint == "released-random":
         net, weights = Learn2SplatNet(), "random weights, released architecture (timing does not depend on weights)"
+    else:
+        net, weights = load_network(args.checkpoint), args.checkpoint
     rows = []
     for n in (int(float(s)) for s in args.sizes.split(",")):
         g = torch.Generator().manual_seed(0)
@@ -361,7 +361,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--render-size", type=int, default=200, help="--render-speed: image size")
     p.add_argument("--sizes", default="1e3,1e4,1e5", help="--micro/--render-speed: numbers of Gaussians")
     p.add_argument("--repeats", type=int, default=5, help="--micro/--render-speed: timed runs per size")
-    p.add_argument("--checkpoint", default="dense", help="--micro: Learn2Splat checkpoint")
+    p.add_argument("--checkpoint", default="dense",
+                   help="--micro: Learn2Splat checkpoint, or 'released-random' for the released architecture's size")
     return p
 
 
