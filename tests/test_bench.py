@@ -88,9 +88,9 @@ def test_render_speed_benchmark(tmp_path):
     assert (tmp_path / "render_speed.json").is_file()
 
 
-def test_demo_races_the_bundled_learn2splat_against_adam(tmp_path, monkeypatch):
+def test_demo_races_a_given_checkpoint_against_adam(tmp_path, monkeypatch, tiny_checkpoint):
     from l2s_optim.data import synthetic_scene
 
     monkeypatch.setattr(bench, "load_scene", lambda *a, **k: synthetic_scene(n_views=9, size=24, n_gaussians=600))
-    demo.main(["--steps", "5", "--out", str(tmp_path)])
-    assert list(json.loads((tmp_path / "results.json").read_text())["curves"]) == ["adam", "l2s:dense"]
+    demo.main(["--steps", "5", "--checkpoint", tiny_checkpoint, "--out", str(tmp_path)])
+    assert list(json.loads((tmp_path / "results.json").read_text())["curves"]) == ["adam", f"l2s:{tiny_checkpoint}"]

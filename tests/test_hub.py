@@ -181,12 +181,3 @@ def test_hub_mixin_round_trip_in_memory():
     clone = Learn2SplatNet(net.config)
     clone.load_state_dict(net.state_dict())
     assert same_weights(net, clone)
-
-
-def test_bundled_dense_checkpoint_ships_and_loads():
-    from l2s_optim.hub import bundled_path
-
-    assert (bundled_path("dense") / "model.safetensors").is_file()
-    net = load_network("dense")
-    assert net.config.sh_degree == 3 and net.config.magnitude_activation == "softplus"
-    assert net.update_mlp[2].weight.abs().sum() > 0  # meta-trained, not the zero-initialised head

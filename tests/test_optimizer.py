@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -324,9 +325,10 @@ def test_runs_on_double_parameters():
     assert s["means"].dtype == torch.float64 and torch.isfinite(s["means"]).all()
 
 
-def test_bundled_dense_weights_beat_adam_on_a_held_out_procedural_scene():
-    """Regression test of the shipped weights: 40 steps from SfM-like points on a procedural scene
-    never seen in meta-training (seed 0; training used seeds >= 10000), against gsplat's Adam."""
+def test_meta_trained_checkpoint_beats_adam_early_on_a_held_out_procedural_scene():
+    """Regression test of checkpoints/dense-procedural-v0 (made by l2s-meta-train): 40 steps from
+    SfM-like points on a procedural scene never seen in meta-training (seed 0; training used seeds
+    >= 10000), against gsplat's Adam."""
     from l2s_optim.bench import GSPLAT_LRS
     from l2s_optim.data import dense_init, synthetic_scene
     from l2s_optim.losses import photometric_loss, psnr
@@ -341,7 +343,7 @@ def test_bundled_dense_weights_beat_adam_on_a_held_out_procedural_scene():
         if name == "adam":
             opt = torch.optim.Adam([{"params": [p], "lr": GSPLAT_LRS[n]} for n, p in splats.items()], eps=1e-15)
         else:
-            opt = Learn2Splat(splats, "dense")
+            opt = Learn2Splat(splats, Path(__file__).resolve().parents[1] / "checkpoints" / "dense-procedural-v0")
 
         def test_psnr(splats=splats):
             with torch.no_grad():
