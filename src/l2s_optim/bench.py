@@ -217,8 +217,7 @@ def plot(curves: dict[str, Curve], path: Path, title: str) -> None:
 def run_race(args) -> dict[str, Curve]:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
-    scene = load_scene(args.scene, factor=args.factor, background=tuple(args.background))
-    scene = Scene(**{**scene.__dict__, **{k: getattr(scene, k).to(device) for k in ("images", "viewmats", "Ks")}})
+    scene = load_scene(args.scene, factor=args.factor, background=tuple(args.background)).to(device)
     train, test = scene.train_views, scene.test_views
     background = torch.tensor(args.background, device=device)
     initial = initial_gaussians(scene, args.init, args).to(device)

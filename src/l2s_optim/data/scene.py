@@ -61,6 +61,10 @@ class Scene:
         rhs = (projector @ self.camera_centers[:, :, None]).sum(0)
         return torch.linalg.lstsq(projector.sum(0), rhs).solution[:, 0]
 
+    def to(self, device: torch.device | str) -> Scene:
+        """Images and cameras on ``device`` (points and depths stay where they are, for initialisation)."""
+        return replace(self, images=self.images.to(device), viewmats=self.viewmats.to(device), Ks=self.Ks.to(device))
+
     def subset(self, mask: Tensor) -> Scene:
         """The views selected by a [V] bool mask (points are shared)."""
         pick = mask.nonzero().squeeze(1)

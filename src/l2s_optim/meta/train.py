@@ -85,8 +85,7 @@ class MetaTrainer:
                                   test_every=10**9) for i in range(c.procedural_scenes)]
         for folder in c.scene_dirs:  # real scenes: their training views only, never their test views
             scenes.append(load_scene(folder, factor=c.scene_factor, background=(0.0, 0.0, 0.0)).train_views)
-        return [Scene(**{**s.__dict__, "images": s.images.to(self.device), "viewmats": s.viewmats.to(self.device),
-                         "Ks": s.Ks.to(self.device)}) for s in scenes]
+        return [s.to(self.device) for s in scenes]
 
     def _randint(self, low: int, high: int) -> int:
         return int(torch.randint(low, high + 1, (), generator=self.generator))
