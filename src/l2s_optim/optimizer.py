@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from .hub import load_network
 from .knn import knn
 from .network import Learn2SplatNet
-from .step import ROLES, check_gaussians, learned_step, role_of, sh_degree_of
+from .step import ROLES, check_gaussians, learned_step, nonzero_gradient_rows, role_of, sh_degree_of
 
 ParamsLike = Mapping[str, Tensor] | torch.nn.ParameterDict | Iterable[dict[str, Any]]
 
@@ -186,7 +186,7 @@ class Learn2Splat(Optimizer):
             if not torch.isfinite(g).all():
                 raise ValueError(f"gradient of {role!r} contains NaN or Inf; parameters and state left unchanged")
             grads[role] = g
-        active = torch.stack([g.reshape(n, -1).ne(0).any(1) for g in grads.values()]).any(0)
+        active = nonzero_gradient_rows(grads)
         if visibility is not None:
             if visibility.shape != (n,):
                 raise ValueError(f"visibility must be a [N]={n} mask, got {list(visibility.shape)}")

@@ -87,6 +87,12 @@ def check_gaussians(tensors: Mapping[str, Tensor], what: str = "parameter") -> i
     return n
 
 
+def nonzero_gradient_rows(grads: Mapping[str, Tensor]) -> Tensor:
+    """[N] bool: the Gaussians with any non-zero gradient entry (the released step skips the others)."""
+    n = grads["means"].shape[0]
+    return torch.stack([g.reshape(n, -1).ne(0).any(1) for g in grads.values()]).any(0)
+
+
 def pack(tensors: Mapping[str, Tensor], sh_coeffs: int) -> Tensor:
     """Pack role -> [N,...] tensors into [N,P] rows in the network's layout (see module doc)."""
     n = tensors["means"].shape[0]

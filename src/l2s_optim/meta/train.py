@@ -31,7 +31,7 @@ from ..knn import knn
 from ..losses import photometric_loss, psnr, ssim
 from ..network import Learn2SplatNet, NetConfig
 from ..render import render_splats
-from ..step import learned_step
+from ..step import learned_step, nonzero_gradient_rows
 from .buffer import CheckpointBuffer, SceneState
 
 
@@ -126,9 +126,7 @@ class MetaTrainer:
         with torch.enable_grad():
             loss = photometric_loss(self._render(params, scene, views), scene.images[views])
             grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-        n = params["means"].shape[0]
-        active = torch.stack([g.reshape(n, -1).ne(0).any(1) for g in grads.values()]).any(0)
-        idx = active.nonzero().squeeze(1)
+        idx = nonzero_gradient_rows(grads).nonzero().squeeze(1)
         if idx.numel() == 0:  # no Gaussian seen from these views: nothing moves, as in Learn2Splat.step
             return replace(state, steps=state.steps + 1), {"delta": {}, "normalised": {}, "raw": {}}
         latent = state.latent
@@ -142,8 +140,9 @@ class MetaTrainer:
         def rows(mapping: dict[str, Tensor]) -> dict[str, Tensor]:
             return {k: v.detach()[idx] for k, v in mapping.items()}
 
+        param_rows, grad_rows = rows(params), rows(grads)
         with torch.set_grad_enabled(differentiable):
-            result = learned_step(self.net, rows(params), rows(grads), rows(state.exp_avg), rows(state.exp_avg_sq),
+            result = learned_step(self.net, param_rows, grad_rows, rows(state.exp_avg), rows(state.exp_avg_sq),
                                   rows(state.count), latent[idx], neighbours, torch.ones_like(neighbours, dtype=torch.bool),
                                   {k: 1.0 for k in params}, autocast=False)
             new_params = {k: v.detach().index_put((idx,), result.params[k]) for k, v in params.items()}
@@ -155,8 +154,8 @@ class MetaTrainer:
         new_state = SceneState(state.scene, new_params, commit(state.exp_avg, result.exp_avg),
                                commit(state.exp_avg_sq, result.exp_avg_sq), commit(state.count, result.count),
                                new_latent, state.steps + 1)
-        aux = {"delta": {k: rows(params)[k] - result.params[k] for k in params}, "normalised": result.normalised,
-               "raw": rows(grads)}
+        aux = {"delta": {k: param_rows[k] - result.params[k] for k in params}, "normalised": result.normalised,
+               "raw": grad_rows}
         return new_state, aux
 
     # --------------------------------------------------------------------------- meta losses
