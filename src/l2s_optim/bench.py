@@ -86,6 +86,11 @@ def l2s_factory(checkpoint: str, seed: int) -> StepperFactory:
     return make
 
 
+def _device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -215,7 +220,7 @@ def plot(curves: dict[str, Curve], path: Path, title: str) -> None:
 
 
 def run_race(args) -> dict[str, Curve]:
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     torch.manual_seed(args.seed)
     scene = load_scene(args.scene, factor=args.factor, background=tuple(args.background)).to(device)
     train, test = scene.train_views, scene.test_views
@@ -278,7 +283,7 @@ def run_micro(args) -> list[dict]:
     from .hub import load_network
     from .network import Learn2SplatNet
 
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     if args.checkpoint == "released-random":
         net, weights = Learn2SplatNet(), "random weights, released architecture (timing does not depend on weights)"
     else:
@@ -310,7 +315,7 @@ def run_render_speed(args) -> list[dict]:
     from .data.init import gaussians_from_points
     from .data.synthetic import orbit_cameras
 
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     size = args.render_size
     viewmats = orbit_cameras(1).to(device)
     Ks = torch.tensor([[[1.39 * size, 0.0, size / 2], [0.0, 1.39 * size, size / 2], [0.0, 0.0, 1.0]]], device=device)
