@@ -154,8 +154,9 @@ def _composite_band(
     first = torch.ones_like(pixel, dtype=torch.bool)
     first[1:] = pixel[1:] != pixel[:-1]
     segment = first.cumsum(0) - 1
-    base = (inclusive - log_keep)[first][segment]  # cumulative sum before each pixel's first pair
-    log_t = (inclusive - log_keep - base).to(alpha.dtype)  # log transmittance in front of each pair
+    exclusive = inclusive - log_keep
+    base = exclusive[first][segment]  # cumulative sum before each pixel's first pair
+    log_t = (exclusive - base).to(alpha.dtype)  # log transmittance in front of each pair
     done = (log_t + log_keep.to(alpha.dtype)) <= math.log(T_MIN)
     weight = torch.where(done, torch.zeros_like(alpha), alpha * torch.exp(log_t))
     local = pixel - pixel_offset
