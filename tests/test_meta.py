@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from l2s_optim.meta import CheckpointBuffer, MetaConfig, MetaTrainer, SceneState
 
 TINY = MetaConfig(iterations=4, net={"width": 16, "depth": 1, "attn_dim": 8, "mlp_hidden": 16, "k": 4}, max_tau=3,
                   rollout_max=3, context_views=2, target_views=2, procedural_scenes=1, procedural_size=20,
-                  deltas_after=0, save_every=2)
+                  deltas_after=0, save_every=2, adam_warm_start_max=3)
 
 
 def state(n=5, value=0.0):
@@ -45,6 +47,7 @@ def trainer(tmp_path):
 def test_inner_steps_detach_gaussians_but_carry_the_latent_state(trainer):
     with torch.no_grad():
         trainer.net.update_mlp[2].weight.normal_(0, 0.1)
+    trainer.config.adam_warm_start = 0.0
     start = trainer._fresh_state()
     views = torch.arange(2)
     first, _ = trainer.inner_step(start, views, differentiable=True)
@@ -62,9 +65,21 @@ def test_inner_step_without_visible_gaussians_changes_nothing(trainer):
     start = trainer._fresh_state()
     start.params["means"] = start.params["means"] + 100.0  # far outside every view
     after, aux = trainer.inner_step(start, torch.arange(2), differentiable=True)
-    assert after.steps == 1 and aux["delta"] == {}
+    assert after.steps == start.steps + 1 and aux["delta"] == {}
     for k in start.params:
         assert torch.equal(after.params[k], start.params[k])
+
+
+def test_adam_warm_start_gives_fresh_scenes_adam_steps_and_fresh_latents(tmp_path):
+    trainer = MetaTrainer(replace(TINY, adam_warm_start=1.0, adam_warm_start_max=4), tmp_path, torch.device("cpu"))
+    states = [trainer._fresh_state() for _ in range(4)]
+    assert all(0 <= s.steps <= 4 for s in states) and any(s.steps >= 2 for s in states)
+    for s in states:
+        initial = dense_init(trainer.scenes[s.scene], fraction=1.0)  # only to compare shapes
+        assert s.params["means"].shape[1:] == initial["means"].shape[1:]
+        assert torch.equal(s.latent, torch.zeros_like(s.latent))  # the learned optimizer draws them
+        assert s.count["means"].max() == s.steps and s.count["means"].min() >= 0
+        assert (s.exp_avg_sq["sh0"].abs().sum() > 0) == (s.steps > 0)
 
 
 def test_deltas_loss_penalises_only_wrong_way_and_zero_gradient_entries(trainer):

@@ -1,9 +1,13 @@
+import math
+from dataclasses import replace
+
 import torch
-from conftest import TINY, random_net
+from conftest import TINY, make_splats, quadratic_loss, random_net, targets_like
 from release_fixture import release_forward, release_state
 
-from l2s_optim import Learn2SplatNet, NetConfig
+from l2s_optim import Learn2Splat, Learn2SplatNet, NetConfig
 from l2s_optim.hub import release_state_to_ours
+from l2s_optim.step import ROLES
 
 
 def inputs(config, a=50, seed=0):
@@ -86,3 +90,49 @@ def test_multi_head_attention_runs():
     net = random_net(config)
     delta, _ = net(*inputs(config))
     assert delta.shape == (50, config.param_dim) and torch.isfinite(delta).all()
+
+
+ADAM_RULE = replace(TINY, update_rule="adam")
+
+
+def test_adam_rule_untrained_is_adam_at_gsplat_default_lrs():
+    ours, theirs = make_splats(), make_splats()
+    targets = targets_like(ours)
+    l2s = Learn2Splat(ours, Learn2SplatNet(ADAM_RULE))
+    lrs = dict(zip(ROLES, ADAM_RULE.adam_lrs))
+    adam = torch.optim.Adam([{"params": [p], "lr": lrs[k]} for k, p in theirs.items()], eps=1e-15)
+    for _ in range(5):
+        for splats, opt in ((ours, l2s), (theirs, adam)):
+            opt.zero_grad()
+            quadratic_loss(splats, targets).backward()
+            opt.step()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-7)
+    assert not torch.equal(ours["means"], make_splats()["means"])
+
+
+def test_adam_rule_moves_each_entry_along_adam_by_a_bounded_multiplier():
+    net = Learn2SplatNet(ADAM_RULE)
+    assert net.update_mlp[2].out_features == ADAM_RULE.param_dim  # no step-length output
+    with torch.no_grad():
+        net.update_mlp[2].weight.normal_(0.0, 1.0)
+    params, latent, grads, neighbours, valid = inputs(ADAM_RULE)
+    delta, _ = net(params, latent, grads, neighbours, valid)
+    ratio = delta / (ADAM_RULE.packed_adam_lrs * grads)
+    bound = math.exp(ADAM_RULE.max_log_multiplier)
+    assert ratio.min() >= 1 / bound * (1 - 1e-5) and ratio.max() <= bound * (1 + 1e-5)
+    assert ratio.min() < 0.5 and ratio.max() > 2.0  # the multipliers are learned, not fixed
+    lrs = ADAM_RULE.packed_adam_lrs  # layout of step.pack: means, scales, quats (xyzw), opacity, SH channel-major
+    assert lrs[:3].eq(1.6e-4).all() and lrs[10] == 5e-2 and lrs[11] == lrs[11 + 16] == 2.5e-3 and lrs[12] == 2.5e-3 / 20
+
+
+def test_adam_rule_config_round_trips_and_rejects_nonsense(tmp_path):
+    Learn2SplatNet(ADAM_RULE).save_pretrained(tmp_path)
+    assert Learn2SplatNet.from_pretrained(tmp_path).config == ADAM_RULE
+    for bad in ({"update_rule": "sgd"}, {"adam_lrs": (1.0, 1.0)}, {"adam_lrs": (1.0, 1.0, 1.0, 1.0, 1.0, 0.0)}):
+        try:
+            NetConfig(**bad)
+        except ValueError as error:
+            assert next(iter(bad)) in str(error)
+        else:
+            raise AssertionError(f"{bad} accepted")

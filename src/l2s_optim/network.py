@@ -5,6 +5,17 @@ Per active Gaussian the network reads one row of ``2 * P + W`` channels: the pac
 parameters (``P`` numbers, see :mod:`l2s_optim.step`), the latent state (``W``) and the
 Adam-normalised gradients (``P``). It returns the new latent state and the parameter update
 ``delta`` (the optimizer subtracts ``lr * delta``).
+
+Two update rules (``NetConfig.update_rule``):
+
+- ``"direct"`` (released): the Update MLP predicts a direction ``d`` and a step length ``a``;
+  ``delta = act(a) * d / (||d|| + 1e-8)``.
+- ``"adam"`` (l2s-optim's bundled checkpoints): the Update MLP predicts one bounded log-multiplier
+  per packed entry; ``delta = base_lr * exp(m * tanh(u)) * n`` with ``n`` the Adam-normalised gradient,
+  ``base_lr`` gsplat's default Adam learning rate of that attribute and ``m = max_log_multiplier``.
+  Each entry moves along Adam's direction by at most ``exp(m)`` times Adam's default step, so the
+  learned part cannot run away on states far past the meta-training horizon; zero-initialised, the
+  untrained network is exactly Adam with gsplat's defaults.
 """
 
 from __future__ import annotations
@@ -34,6 +45,10 @@ class NetConfig:
     k: int = 4  # neighbours per Gaussian, the Gaussian itself included
     feature_dim: int | None = None  # channels of feed-forward features (sparse setting), or None
     magnitude_activation: str = "relu"  # "relu" as released; "softplus" cannot die during meta-training
+    update_rule: str = "direct"  # "direct" as released, or "adam" (see the module doc)
+    # update_rule "adam": base lrs of means (normalised scene), scales, quats, opacities, sh0, shN (gsplat defaults)
+    adam_lrs: tuple[float, ...] = (1.6e-4, 5e-3, 1e-3, 5e-2, 2.5e-3, 2.5e-3 / 20)
+    max_log_multiplier: float = math.log(10.0)
     adam_beta1: float = 0.9  # moments behind the normalised-gradient features
     adam_beta2: float = 0.999
     adam_eps: float = 1e-15
@@ -54,6 +69,18 @@ class NetConfig:
             raise ValueError(f"attn_dim {self.attn_dim} is not divisible by heads {self.heads}")
         if self.magnitude_activation not in ("relu", "softplus"):
             raise ValueError(f"magnitude_activation must be 'relu' or 'softplus', got {self.magnitude_activation!r}")
+        if self.update_rule not in ("direct", "adam"):
+            raise ValueError(f"update_rule must be 'direct' or 'adam', got {self.update_rule!r}")
+        if len(self.adam_lrs) != 6 or min(self.adam_lrs) <= 0:
+            raise ValueError(f"adam_lrs must be 6 positive learning rates (means .. shN), got {self.adam_lrs}")
+        object.__setattr__(self, "adam_lrs", tuple(float(v) for v in self.adam_lrs))  # JSON gives a list
+
+    @property
+    def packed_adam_lrs(self) -> Tensor:
+        """[P] base learning rate of every packed entry (layout of :func:`l2s_optim.step.pack`)."""
+        means, scales, quats, opacities, sh0, shn = self.adam_lrs
+        sh = torch.tensor([sh0] + [shn] * (self.sh_coeffs - 1)).repeat(3)  # channel-major
+        return torch.cat([torch.tensor([means] * 3 + [scales] * 3 + [quats] * 4 + [opacities]), sh])
 
     @property
     def sh_coeffs(self) -> int:
@@ -146,13 +173,16 @@ class Learn2SplatNet(
         self.state_scale = nn.Sequential(
             nn.Linear(c.input_dim, c.input_dim // 2), nn.ReLU(), nn.Linear(c.input_dim // 2, 1), nn.ReLU()
         )
-        self.update_mlp = nn.Sequential(nn.Linear(c.width, c.width), nn.GELU(), nn.Linear(c.width, c.param_dim + 1))
+        outputs = c.param_dim + (1 if c.update_rule == "direct" else 0)
+        self.update_mlp = nn.Sequential(nn.Linear(c.width, c.width), nn.GELU(), nn.Linear(c.width, outputs))
+        self.register_buffer("packed_adam_lrs", c.packed_adam_lrs, persistent=False)
         self.feature_proj = nn.Linear(c.feature_dim, c.width) if c.feature_dim else None
         nn.init.ones_(self.state_scale[2].bias)
         nn.init.zeros_(self.update_mlp[2].weight)
         nn.init.zeros_(self.update_mlp[2].bias)
-        with torch.no_grad():  # the direction starts at zero; the step length at 1e-8 (relu) or 1e-3 (softplus)
-            self.update_mlp[2].bias[-1] = 1e-8 if c.magnitude_activation == "relu" else math.log(math.expm1(1e-3))
+        if c.update_rule == "direct":  # the direction starts at zero; the step length at 1e-8 (relu) or 1e-3 (softplus)
+            with torch.no_grad():
+                self.update_mlp[2].bias[-1] = 1e-8 if c.magnitude_activation == "relu" else math.log(math.expm1(1e-3))
 
     def project_features(self, features: Tensor) -> Tensor:
         """Initial latent state [N,W] from feed-forward features [N,feature_dim] (sparse setting)."""
@@ -185,6 +215,9 @@ class Learn2SplatNet(
             x = block(x, neighbours, valid)
         scale = self.state_scale(x_in.detach())
         out = self.update_mlp(scale * x).float()
+        if self.config.update_rule == "adam":
+            multiplier = torch.exp(self.config.max_log_multiplier * torch.tanh(out))
+            return self.packed_adam_lrs * multiplier * normalised_grads.float(), x.float()
         direction, magnitude = out[:, :p], out[:, p:]
         length = F.relu(magnitude) if self.config.magnitude_activation == "relu" else F.softplus(magnitude)
         delta = length * direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)

@@ -40,14 +40,14 @@ class MetaConfig:
     setting: str = "dense"  # dense: SfM-like points, random latent; sparse: pixel-aligned from context views
     iterations: int = 2000
     net: dict = field(default_factory=lambda: {"width": 64, "depth": 2, "attn_dim": 32, "mlp_hidden": 128, "k": 4,
-                                               "magnitude_activation": "softplus"})
+                                               "update_rule": "adam"})
     lr: float = 5e-4  # AdamW, one-cycle cosine with 1% warm-up
     weight_decay: float = 0.01
     grad_clip: float = 0.5
     max_tau: int = 6
     rollout_max: int = 50  # grows linearly from 1 over the first rollout_warmup of the iterations
     rollout_warmup: float = 0.1
-    context_views: int = 4  # views per inner step
+    context_views: int = 1  # views per inner step (gsplat's trainer and l2s-bench step on one view)
     target_views: int = 3
     context_in_meta_loss: int = 2
     ssim_weight: float = 0.5  # stand-in for the released LPIPS weight
@@ -55,6 +55,10 @@ class MetaConfig:
     deltas_after: int = 100
     stability_weight: float = 1.0
     buffer_size: int = 20
+    # a fresh scene is first advanced by U[0, max] Adam steps with this probability, so that states far
+    # past the meta-training horizon (thousands of steps) are met during meta-training
+    adam_warm_start: float = 0.3
+    adam_warm_start_max: int = 1000
     procedural_scenes: int = 8  # per rank
     procedural_size: int = 40
     scene_dirs: list[str] = field(default_factory=list)
@@ -69,6 +73,8 @@ class MetaTrainer:
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.net = Learn2SplatNet(NetConfig(**config.net)).to(device)
+        # untrained with the "adam" rule, the network is exactly Adam at its base learning rates
+        self.adam_net = Learn2SplatNet(replace(self.net.config, update_rule="adam")).to(device)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=config.lr, total_steps=max(config.iterations, 2), pct_start=0.01, anneal_strategy="cos"
@@ -102,9 +108,13 @@ class MetaTrainer:
         params = {k: v.detach().to(self.device) for k, v in splats.items()}
         n = params["means"].shape[0]
         zeros = {k: torch.zeros_like(v) for k, v in params.items()}
-        return SceneState(index, params, zeros, {k: torch.zeros_like(v) for k, v in params.items()},
-                          {k: torch.zeros(n, device=self.device) for k in params},
-                          torch.zeros(n, self.net.config.width, device=self.device))
+        state = SceneState(index, params, zeros, {k: torch.zeros_like(v) for k, v in params.items()},
+                           {k: torch.zeros(n, device=self.device) for k in params},
+                           torch.zeros(n, self.net.config.width, device=self.device))
+        if torch.rand((), generator=self.generator).item() < self.config.adam_warm_start:
+            advanced = self.advance(state, self._randint(0, self.config.adam_warm_start_max), self.adam_net)
+            state = replace(advanced, latent=state.latent)  # the learned optimizer starts from fresh latents
+        return state
 
     def _views(self, scene: Scene, count: int, exclude: Tensor | None = None) -> Tensor:
         order = torch.randperm(scene.images.shape[0], generator=self.generator)
@@ -118,9 +128,12 @@ class MetaTrainer:
         return images
 
     # ------------------------------------------------------------------------------ inner step
-    def inner_step(self, state: SceneState, views: Tensor, differentiable: bool) -> tuple[SceneState, dict]:
-        """One learned-optimizer step on ``views``; differentiable w.r.t. the network (and the
-        incoming latent state) when asked. Parameters enter detached."""
+    def inner_step(self, state: SceneState, views: Tensor, differentiable: bool,
+                   net: Learn2SplatNet | None = None) -> tuple[SceneState, dict]:
+        """One learned-optimizer step on ``views`` with ``net`` (default: the meta-trained network);
+        differentiable w.r.t. the network (and the incoming latent state) when asked. Parameters
+        enter detached."""
+        net = net or self.net
         scene = self.scenes[state.scene]
         params = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
         with torch.enable_grad():
@@ -135,14 +148,14 @@ class MetaTrainer:
             noise = torch.randn(int(fresh.sum()), latent.shape[1], generator=self.generator).to(self.device)
             latent = latent.index_put((idx[fresh],), noise)
         means = params["means"].detach()[idx]
-        neighbours = knn(means, min(self.net.config.k, len(idx)))
+        neighbours = knn(means, min(net.config.k, len(idx)))
 
         def rows(mapping: dict[str, Tensor]) -> dict[str, Tensor]:
             return {k: v.detach()[idx] for k, v in mapping.items()}
 
         param_rows, grad_rows = rows(params), rows(grads)
         with torch.set_grad_enabled(differentiable):
-            result = learned_step(self.net, param_rows, grad_rows, rows(state.exp_avg), rows(state.exp_avg_sq),
+            result = learned_step(net, param_rows, grad_rows, rows(state.exp_avg), rows(state.exp_avg_sq),
                                   rows(state.count), latent[idx], neighbours, torch.ones_like(neighbours, dtype=torch.bool),
                                   {k: 1.0 for k in params}, autocast=False)
             new_params = {k: v.detach().index_put((idx,), result.params[k]) for k, v in params.items()}
@@ -215,10 +228,14 @@ class MetaTrainer:
         """Advance a scene by U[1, max] frozen steps; max grows from 1 to rollout_max."""
         c = self.config
         progress = min(1.0, self.iteration / max(1.0, c.rollout_warmup * c.iterations))
-        steps = self._randint(1, max(1, round(1 + progress * (c.rollout_max - 1))))
+        return self.advance(state, self._randint(1, max(1, round(1 + progress * (c.rollout_max - 1)))), self.net)
+
+    @torch.no_grad()
+    def advance(self, state: SceneState, steps: int, net: Learn2SplatNet) -> SceneState:
+        """``steps`` frozen steps of ``net``, one random view each."""
         scene = self.scenes[state.scene]
         for _ in range(steps):
-            state, _ = self.inner_step(state, self._views(scene, 1), differentiable=False)
+            state, _ = self.inner_step(state, self._views(scene, 1), differentiable=False, net=net)
         return state
 
     def _average_gradients(self) -> None:
@@ -323,12 +340,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--magnitude-activation", choices=["relu", "softplus"], default="softplus",
                    help="relu as released; softplus (default) cannot collapse to zero updates early in meta-training")
+    p.add_argument("--update-rule", choices=["adam", "direct"], default="adam",
+                   help="adam (default): bounded learned multipliers of Adam's step; direct: the released rule")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--max-tau", type=int, default=6)
     p.add_argument("--rollout-max", type=int, default=50)
     p.add_argument("--procedural-scenes", type=int, default=8)
     p.add_argument("--procedural-size", type=int, default=40)
+    p.add_argument("--context-views", type=int, default=1, help="views per inner step")
+    p.add_argument("--adam-warm-start-max", type=int, default=1000,
+                   help="fresh scenes are first advanced by up to this many Adam steps (probability 0.3)")
     p.add_argument("--scenes", nargs="*", default=[], help="COLMAP / transforms.json folders (training views used)")
+    p.add_argument("--scene-factor", type=int, default=8, help="image downscale factor of --scenes")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -337,8 +360,9 @@ def main(argv: list[str] | None = None) -> None:
     config = MetaConfig(
         setting=args.setting, iterations=args.iterations, lr=args.lr, max_tau=args.max_tau, rollout_max=args.rollout_max,
         net={"width": args.width, "depth": args.depth, "attn_dim": args.attn_dim, "mlp_hidden": args.mlp_hidden, "k": args.k,
-             "magnitude_activation": args.magnitude_activation},
+             "magnitude_activation": args.magnitude_activation, "update_rule": args.update_rule},
         procedural_scenes=args.procedural_scenes, procedural_size=args.procedural_size, scene_dirs=args.scenes,
+        scene_factor=args.scene_factor, context_views=args.context_views, adam_warm_start_max=args.adam_warm_start_max,
         save_every=args.save_every, seed=args.seed,
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
