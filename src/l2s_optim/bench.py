@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -176,23 +177,29 @@ def machine_info(device: torch.device) -> dict:
 
 
 def summarize(curves: dict[str, Curve]) -> str:
-    """The table: PSNR at fixed steps, steps/seconds to Adam's final PSNR, time per step vs Adam."""
+    """The table: PSNR at fixed steps; steps and seconds to Adam's final PSNR; PSNR at Adam's total
+    training time (the best evaluation within it); the largest drop below the curve's own best so
+    far (0 = never degraded); time per step against Adam."""
     reference = curves.get("adam")
     last = max(c.steps[-1] for c in curves.values())
     shown = [s for s in TABLE_STEPS if s <= last]
-    header = f"{'optimizer':<22}" + "".join(f"{'@' + str(s):>8}" for s in shown)
-    header += f"{'final':>8}{'steps->adam':>13}{'s->adam':>9}{'ms/step':>9}{'x adam':>8}"
+    width = max(22, *(len(name) + 2 for name in curves))
+    header = f"{'optimizer':<{width}}" + "".join(f"{'@' + str(s):>8}" for s in shown)
+    header += f"{'final':>8}{'steps->adam':>13}{'s->adam':>9}{'@adam-s':>9}{'drop':>7}{'ms/step':>9}{'x adam':>8}"
     rows = [header]
     for name, c in curves.items():
         at = dict(zip(c.steps, c.psnr))
-        row = f"{name:<22}" + "".join(f"{at[s]:8.2f}" if s in at else f"{'-':>8}" for s in shown) + f"{c.psnr[-1]:8.2f}"
-        reached, seconds = "-", "-"
+        row = f"{name:<{width}}" + "".join(f"{at[s]:8.2f}" if s in at else f"{'-':>8}" for s in shown) + f"{c.psnr[-1]:8.2f}"
+        reached, seconds, at_adam_time = "-", "-", "-"
         if reference is not None:
             hits = [i for i, p in enumerate(c.psnr) if p >= reference.psnr[-1]]
             if hits:
                 reached, seconds = str(c.steps[hits[0]]), f"{c.seconds[hits[0]]:.1f}"
+            within = [p for p, t in zip(c.psnr, c.seconds) if t <= reference.seconds[-1]]
+            at_adam_time = f"{max(within):.2f}"
+        drop = max(best - p for best, p in zip(itertools.accumulate(c.psnr, max), c.psnr))
         ratio = c.seconds_per_step / reference.seconds_per_step if reference else float("nan")
-        rows.append(row + f"{reached:>13}{seconds:>9}{1000 * c.seconds_per_step:9.1f}{ratio:8.2f}")
+        rows.append(row + f"{reached:>13}{seconds:>9}{at_adam_time:>9}{drop:7.2f}{1000 * c.seconds_per_step:9.1f}{ratio:8.2f}")
     return "\n".join(rows)
 
 
