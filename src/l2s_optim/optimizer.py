@@ -56,7 +56,8 @@ class Learn2Splat(Optimizer):
             (``config.json`` + ``model.safetensors``, or the authors' ``.ckpt``), a Hugging Face
             Hub repo id, or a :class:`Learn2SplatNet`.
         lr: multiplier on the predicted update (1.0 = as meta-trained); per group, so lr
-            schedulers work.
+            schedulers work. Checkpoints are meta-trained on normalised scenes (cameras about 1
+            from the centre): for another scale, give the ``means`` group that scale as its lr.
         seed: seeds the N(0,1) initial latent state of fresh Gaussians (reproducible resumes).
         knn_every: recompute the neighbour graph every this many steps (1 = every step, as
             released and exact; larger values reuse a graph over all Gaussians, for big scenes).
