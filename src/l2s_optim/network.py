@@ -48,7 +48,7 @@ class NetConfig:
     update_rule: str = "direct"  # "direct" as released, or "adam" (see the module doc)
     # update_rule "adam": base lrs of means (normalised scene), scales, quats, opacities, sh0, shN (gsplat defaults)
     adam_lrs: tuple[float, ...] = (1.6e-4, 5e-3, 1e-3, 5e-2, 2.5e-3, 2.5e-3 / 20)
-    max_log_multiplier: float = math.log(10.0)
+    max_log_multiplier: float = math.log(5.0)  # update_rule "adam": multipliers in [1/5, 5]
     adam_beta1: float = 0.9  # moments behind the normalised-gradient features
     adam_beta2: float = 0.999
     adam_eps: float = 1e-15

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -53,7 +54,7 @@ class MetaConfig:
     ssim_weight: float = 0.5  # stand-in for the released LPIPS weight
     deltas_weight: float = 1.0
     deltas_after: int = 100
-    stability_weight: float = 1.0
+    stability_weight: float = 10.0  # strong: short unrolls otherwise favour the largest steps
     buffer_size: int = 20
     # a fresh scene is first advanced by U[0, max] Adam steps with this probability, so that states far
     # past the meta-training horizon (thousands of steps) are met during meta-training
@@ -342,6 +343,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="relu as released; softplus (default) cannot collapse to zero updates early in meta-training")
     p.add_argument("--update-rule", choices=["adam", "direct"], default="adam",
                    help="adam (default): bounded learned multipliers of Adam's step; direct: the released rule")
+    p.add_argument("--max-multiplier", type=float, default=5.0,
+                   help="update rule adam: the learned multipliers of Adam's step lie in [1/this, this]")
+    p.add_argument("--stability-weight", type=float, default=10.0,
+                   help="weight of the stability loss (any per-view error increase between inner steps)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--max-tau", type=int, default=6)
     p.add_argument("--rollout-max", type=int, default=50)
@@ -360,9 +365,10 @@ def main(argv: list[str] | None = None) -> None:
     config = MetaConfig(
         setting=args.setting, iterations=args.iterations, lr=args.lr, max_tau=args.max_tau, rollout_max=args.rollout_max,
         net={"width": args.width, "depth": args.depth, "attn_dim": args.attn_dim, "mlp_hidden": args.mlp_hidden, "k": args.k,
-             "magnitude_activation": args.magnitude_activation, "update_rule": args.update_rule},
+             "magnitude_activation": args.magnitude_activation, "update_rule": args.update_rule,
+             "max_log_multiplier": math.log(args.max_multiplier)},
         procedural_scenes=args.procedural_scenes, procedural_size=args.procedural_size, scene_dirs=args.scenes,
-        scene_factor=args.scene_factor, context_views=args.context_views, adam_warm_start_max=args.adam_warm_start_max,
+        stability_weight=args.stability_weight, scene_factor=args.scene_factor, context_views=args.context_views, adam_warm_start_max=args.adam_warm_start_max,
         save_every=args.save_every, seed=args.seed,
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
