@@ -84,6 +84,18 @@ def test_demo_runs_adam_alone_without_bundled_weights(tmp_path, capsys, monkeypa
     assert list(json.loads((tmp_path / "results.json").read_text())["curves"]) == ["adam"]
 
 
+def test_demo_races_the_bundled_dense_weights_against_adam(tmp_path, capsys, monkeypatch):
+    from l2s_optim.data import synthetic_scene
+
+    monkeypatch.setattr(bench, "load_scene", lambda *a, **k: synthetic_scene(n_views=9, size=24, n_gaussians=600))
+    demo.main(["--steps", "5", "--out", str(tmp_path)])
+    curves = json.loads((tmp_path / "results.json").read_text())["curves"]
+    assert list(curves) == ["adam", "l2s:dense"]
+    assert curves["l2s:dense"]["psnr"][0] == curves["adam"]["psnr"][0]  # same initial Gaussians
+    assert curves["l2s:dense"]["psnr"][-1] != curves["adam"]["psnr"][-1]
+    assert "l2s:dense" in capsys.readouterr().out
+
+
 def test_render_speed_benchmark(tmp_path):
     rows = bench.run_render_speed(bench.parser().parse_args(
         ["--render-speed", "--sizes", "300", "--render-size", "32", "--repeats", "1", "--out", str(tmp_path)]))

@@ -11,7 +11,7 @@ from conftest import TINY, random_net
 from release_fixture import PREFIX, release_state
 
 from l2s_optim import Learn2SplatNet, load_network
-from l2s_optim.hub import RELEASE_FILE, RELEASE_REPO, convert_main, convert_release_checkpoint
+from l2s_optim.hub import RELEASE_FILE, RELEASE_REPO, bundled_path, convert_main, convert_release_checkpoint
 
 
 def same_weights(a, b):
@@ -44,6 +44,18 @@ def test_corrupt_and_mismatched_folders(tmp_path):
         load_network(tmp_path / "half")
     with pytest.raises(FileNotFoundError, match="neither"):
         load_network("no-such-thing")
+
+
+@pytest.mark.parametrize("name", ["dense", "sparse"])
+def test_bundled_weights_ship_and_load_offline(name, monkeypatch):
+    monkeypatch.delenv("L2S_OPTIM_HUB_REPO", raising=False)
+    folder = bundled_path(name)
+    assert {"config.json", "model.safetensors", "README.md"} <= {f.name for f in folder.iterdir()}
+    net = load_network(name)
+    assert net.config.update_rule == "adam" and net.config.sh_degree == 3 and net.config.feature_dim is None
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert net.update_mlp[2].weight.abs().sum() > 0  # meta-trained, not the Adam-equivalent initialisation
+    assert f"Setting: {name}." in (folder / "README.md").read_text()
 
 
 def test_missing_bundled_weights_fail_clearly(no_bundled_weights):

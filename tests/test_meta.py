@@ -118,7 +118,7 @@ def test_two_gloo_ranks_stay_in_sync(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29617",
            "-m", "l2s_optim.meta", "--out", str(tmp_path), "--iterations", "3", "--width", "16", "--depth", "1",
            "--attn-dim", "8", "--mlp-hidden", "16", "--max-tau", "2", "--rollout-max", "2",
-           "--procedural-scenes", "1", "--procedural-size", "20", "--device", "cpu"]
+           "--procedural-scenes", "1", "--procedural-size", "20", "--adam-warm-start-max", "3", "--device", "cpu"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     checksums = json.loads((tmp_path / "sync.json").read_text())["weight_checksums"]

@@ -1,5 +1,4 @@
 import io
-from pathlib import Path
 
 import pytest
 import torch
@@ -355,6 +354,9 @@ def psnr_gain_in_40_steps(optimizer: str, init: str) -> float:
         opt.step()
         opt.zero_grad()
     return test_psnr() - before
+
+
+MARGIN = {"dense": 1.0, "sparse": 2.0}  # measured: +3.94 vs Adam +2.34 dB (dense), +6.12 vs +2.37 dB (sparse)
 
 
 @pytest.mark.parametrize("setting", ["dense", "sparse"])
