@@ -25,11 +25,10 @@ from torch import Tensor, nn
 
 from .data import Scene, dense_init, load_scene, random_init, sparse_init
 from .losses import photometric_loss, psnr, ssim
+from .network import GSPLAT_LRS
 from .optimizer import Learn2Splat
 from .render import render_splats
 
-# gsplat simple_trainer's default Adam learning rates (means scaled by the scene scale)
-GSPLAT_LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
 TUNE_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0, 8.0)
 TABLE_STEPS = (10, 50, 100, 500, 1000, 2000)
 # the arguments that define a race: a results.json with the same ones is resumed

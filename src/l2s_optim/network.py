@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+# gsplat simple_trainer's default Adam learning rates (means: for a scene of scale 1)
+GSPLAT_LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
+
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -46,8 +49,8 @@ class NetConfig:
     feature_dim: int | None = None  # channels of feed-forward features (sparse setting), or None
     magnitude_activation: str = "relu"  # "relu" as released; "softplus" cannot die during meta-training
     update_rule: str = "direct"  # "direct" as released, or "adam" (see the module doc)
-    # update_rule "adam": base lrs of means (normalised scene), scales, quats, opacities, sh0, shN (gsplat defaults)
-    adam_lrs: tuple[float, ...] = (1.6e-4, 5e-3, 1e-3, 5e-2, 2.5e-3, 2.5e-3 / 20)
+    # update_rule "adam": base lrs of means (normalised scene), scales, quats, opacities, sh0, shN
+    adam_lrs: tuple[float, ...] = tuple(GSPLAT_LRS.values())
     max_log_multiplier: float = math.log(5.0)  # update_rule "adam": multipliers in [1/5, 5]
     adam_beta1: float = 0.9  # moments behind the normalised-gradient features
     adam_beta2: float = 0.999
