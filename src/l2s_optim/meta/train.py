@@ -330,35 +330,38 @@ def _tensorboard(out: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
+    d = MetaConfig()  # the defaults
     p = argparse.ArgumentParser(prog="l2s-meta-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--setting", choices=["dense", "sparse"], default="dense")
-    p.add_argument("--iterations", type=int, default=2000)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--attn-dim", type=int, default=32)
-    p.add_argument("--mlp-hidden", type=int, default=128)
-    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--iterations", type=int, default=d.iterations)
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop (and export model/) after this many meta-iterations; the schedule keeps --iterations")
+    p.add_argument("--width", type=int, default=d.net["width"])
+    p.add_argument("--depth", type=int, default=d.net["depth"])
+    p.add_argument("--attn-dim", type=int, default=d.net["attn_dim"])
+    p.add_argument("--mlp-hidden", type=int, default=d.net["mlp_hidden"])
+    p.add_argument("--k", type=int, default=d.net["k"])
     p.add_argument("--magnitude-activation", choices=["relu", "softplus"], default="softplus",
                    help="relu as released; softplus (default) cannot collapse to zero updates early in meta-training")
-    p.add_argument("--update-rule", choices=["adam", "direct"], default="adam",
+    p.add_argument("--update-rule", choices=["adam", "direct"], default=d.net["update_rule"],
                    help="adam (default): bounded learned multipliers of Adam's step; direct: the released rule")
-    p.add_argument("--max-multiplier", type=float, default=5.0,
+    p.add_argument("--max-multiplier", type=float, default=math.exp(NetConfig().max_log_multiplier),
                    help="update rule adam: the learned multipliers of Adam's step lie in [1/this, this]")
-    p.add_argument("--stability-weight", type=float, default=10.0,
+    p.add_argument("--stability-weight", type=float, default=d.stability_weight,
                    help="weight of the stability loss (any per-view error increase between inner steps)")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--max-tau", type=int, default=6)
-    p.add_argument("--rollout-max", type=int, default=50)
-    p.add_argument("--procedural-scenes", type=int, default=8)
-    p.add_argument("--procedural-size", type=int, default=40)
-    p.add_argument("--context-views", type=int, default=1, help="views per inner step")
-    p.add_argument("--adam-warm-start-max", type=int, default=1000,
-                   help="fresh scenes are first advanced by up to this many Adam steps (probability 0.3)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--max-tau", type=int, default=d.max_tau)
+    p.add_argument("--rollout-max", type=int, default=d.rollout_max)
+    p.add_argument("--procedural-scenes", type=int, default=d.procedural_scenes)
+    p.add_argument("--procedural-size", type=int, default=d.procedural_size)
+    p.add_argument("--context-views", type=int, default=d.context_views, help="views per inner step")
+    p.add_argument("--adam-warm-start-max", type=int, default=d.adam_warm_start_max,
+                   help=f"fresh scenes are first advanced by up to this many Adam steps (probability {d.adam_warm_start})")
     p.add_argument("--scenes", nargs="*", default=[], help="COLMAP / transforms.json folders (training views used)")
-    p.add_argument("--scene-factor", type=int, default=8, help="image downscale factor of --scenes")
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scene-factor", type=int, default=d.scene_factor, help="image downscale factor of --scenes")
+    p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from --out/meta_state_rank*.pt")
     args = p.parse_args(argv)
@@ -381,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = MetaTrainer(config, args.out, device, rank, world)
     if args.resume:
         trainer.load()
-    trainer.train()
+    trainer.train(until=args.stop_at)
     checksums = [trainer.weights_checksum()]
     if world > 1:
         gathered = [None] * world
