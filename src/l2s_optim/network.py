@@ -187,6 +187,11 @@ class Learn2SplatNet(
             with torch.no_grad():
                 self.update_mlp[2].bias[-1] = 1e-8 if c.magnitude_activation == "relu" else math.log(math.expm1(1e-3))
 
+    def step_multipliers(self, update_out: Tensor) -> Tensor:
+        """Update rule "adam": the multipliers of Adam's step, in [1/exp(m), exp(m)], from the Update
+        MLP's output [A,P]."""
+        return torch.exp(self.config.max_log_multiplier * torch.tanh(update_out))
+
     def project_features(self, features: Tensor) -> Tensor:
         """Initial latent state [N,W] from feed-forward features [N,feature_dim] (sparse setting)."""
         if self.feature_proj is None:
@@ -219,8 +224,7 @@ class Learn2SplatNet(
         scale = self.state_scale(x_in.detach())
         out = self.update_mlp(scale * x).float()
         if self.config.update_rule == "adam":
-            multiplier = torch.exp(self.config.max_log_multiplier * torch.tanh(out))
-            return self.packed_adam_lrs * multiplier * normalised_grads.float(), x.float()
+            return self.packed_adam_lrs * self.step_multipliers(out) * normalised_grads.float(), x.float()
         direction, magnitude = out[:, :p], out[:, p:]
         length = F.relu(magnitude) if self.config.magnitude_activation == "relu" else F.softplus(magnitude)
         delta = length * direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)
