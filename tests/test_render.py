@@ -1,3 +1,4 @@
+import functools
 import math
 
 import pytest
@@ -68,16 +69,25 @@ def render(s, viewmats, Ks, width, height, **kw):
     return rasterization(s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], viewmats, Ks, width, height, **kw)
 
 
-def test_matches_brute_force_values_and_gradients():
+@functools.cache
+def brute_force_reference() -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Images of scene() through cameras(), random loss weights, and the loss gradients (slow: computed once)."""
     s = scene()
     viewmats, Ks, w, h = cameras()
-    images, alphas, _ = render(s, viewmats, Ks, w, h)
     reference = torch.stack([brute_force(s, viewmats[c], Ks[c], w, h) for c in range(2)])
+    weights = torch.rand(reference.shape, generator=torch.Generator().manual_seed(0), dtype=reference.dtype)
+    return reference.detach(), weights, torch.autograd.grad((reference * weights).sum(), list(s.values()))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_matches_brute_force_values_and_gradients(backend):
+    s = scene()
+    viewmats, Ks, w, h = cameras()
+    images, alphas, _ = render(s, viewmats, Ks, w, h, backend=backend)
+    reference, weights, theirs = brute_force_reference()
     torch.testing.assert_close(images, reference, rtol=1e-10, atol=1e-12)
     assert images.max() > 0.2 and (alphas > 0.5).float().mean() > 0.1  # a real picture, not background
-    weights = torch.rand_like(images)
     ours = torch.autograd.grad((images * weights).sum(), list(s.values()))
-    theirs = torch.autograd.grad((reference * weights).sum(), list(s.values()))
     for name, a, b in zip(s, ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
 
@@ -93,7 +103,8 @@ def test_row_bands_do_not_change_the_result():
     torch.testing.assert_close(whole, banded, rtol=0, atol=1e-12)
 
 
-def test_gradients_match_finite_differences():
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_gradients_match_finite_differences(backend):
     s = scene(6, seed=3)
     viewmats, Ks, w, h = cameras(12, 10)
     Ks[:, 0, 0], Ks[:, 1, 1] = 14.0, 13.0
@@ -101,7 +112,7 @@ def test_gradients_match_finite_differences():
     names = list(s)
 
     def fn(*tensors):
-        images, alphas, _ = render(dict(zip(names, tensors)), viewmats, Ks, w, h)
+        images, alphas, _ = render(dict(zip(names, tensors)), viewmats, Ks, w, h, backend=backend)
         return images.sum(-1) + 0.5 * alphas[..., 0]
 
     assert torch.autograd.gradcheck(fn, tuple(s.values()), eps=1e-7, atol=1e-5, rtol=1e-4)
@@ -181,7 +192,7 @@ def test_matches_gsplat_on_cuda():
     s = {k: v.detach().float().cuda().requires_grad_(True) for k, v in scene(300, dtype=torch.float32).items()}
     viewmats, Ks, _, _ = cameras(dtype=torch.float32)
     viewmats, Ks = viewmats.cuda(), Ks.cuda() * torch.tensor([[8.0], [8.0], [1.0]], device="cuda")
-    ours, ours_alpha, _ = render(s, viewmats, Ks, 200, 160, backend="cpu")
+    ours, ours_alpha, _ = render(s, viewmats, Ks, 200, 160, backend="torch")
     theirs, theirs_alpha, _ = render(s, viewmats, Ks, 200, 160, backend="gsplat")
     assert (ours - theirs).abs().mean() < 2e-3 and (ours_alpha - theirs_alpha).abs().mean() < 2e-3
     g_ours = torch.autograd.grad(ours.sum(), list(s.values()))

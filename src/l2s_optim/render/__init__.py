@@ -1,17 +1,95 @@
-"""One rendering entry point with gsplat's conventions: gsplat's CUDA rasterizer on CUDA tensors,
-our pure-PyTorch rasterizer (:mod:`l2s_optim.render.cpu`) everywhere else."""
+"""One rendering entry point with gsplat's conventions and three backends:
+
+- ``"gsplat"``: gsplat's CUDA rasterizer (CUDA tensors, the ``gsplat`` extra);
+- ``"cpp"``: our compiled CPU rasterizer (:mod:`l2s_optim.render.cpp`, built on first use);
+- ``"torch"``: our pure-PyTorch rasterizer (:mod:`l2s_optim.render.cpu`), the readable reference.
+
+``"auto"`` picks gsplat for CUDA tensors and cpp otherwise; when the extension cannot be built it
+warns once, saying why, and falls back to torch. ``L2S_OPTIM_RENDER_BACKEND=torch`` (or ``cpp``)
+replaces ``"auto"`` for the whole process.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
+import warnings
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
+from . import cpp
 from .cpu import rasterize_cpu, sh_to_rgb
 
-__all__ = ["rasterization", "render_splats", "sh_to_rgb"]
+__all__ = ["BACKENDS", "cpp_available", "rasterization", "render_splats", "sh_to_rgb"]
+
+BACKENDS = ("auto", "gsplat", "cpp", "torch")
+
+
+@functools.cache
+def cpp_available() -> bool:
+    """Whether the compiled CPU rasterizer builds and loads here; warns once, with the reason, when not."""
+    try:
+        cpp.extension()
+    except Exception as error:  # no compiler, no ninja, a compile error: all mean "use the reference"
+        reason = str(error).strip().splitlines()
+        warnings.warn(
+            "l2s_optim: the compiled CPU rasterizer could not be built, falling back to the pure-PyTorch one "
+            f"(10-30x slower). Reason: {' / '.join(reason[-6:])}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def _check_inputs(tensors: dict[str, Tensor]) -> None:
+    """Every tensor floating point, of means' dtype and on means' device, or a ValueError naming it."""
+    means = tensors["means"]
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            kind = tensor.dtype if isinstance(tensor, Tensor) else type(tensor).__name__
+            raise ValueError(f"{name} must be a floating-point tensor, got {kind}")
+        if tensor.dtype != means.dtype:
+            raise ValueError(f"{name} is {tensor.dtype} but means is {means.dtype}: pass one float dtype")
+        if tensor.device != means.device:
+            raise ValueError(f"{name} is on {tensor.device} but means is on {means.device}: pass one device")
+
+
+def _check_colours(colors: Tensor, backgrounds: Tensor | None, sh_degree: int | None, n: int, n_cameras: int) -> None:
+    """Shapes of colors ([N,K,3] SH, else [N,D] or [C,N,D]) and backgrounds ([C,D]), or a ValueError."""
+    if sh_degree is not None:
+        if not 0 <= sh_degree <= 3:
+            raise ValueError(f"sh_degree must be in 0..3, got {sh_degree}")
+        if colors.ndim != 3 or colors.shape[0] != n or colors.shape[2] != 3 or colors.shape[1] < (sh_degree + 1) ** 2:
+            raise ValueError(f"colors must be [N={n}, K >= {(sh_degree + 1) ** 2}, 3] SH coefficients for "
+                             f"sh_degree={sh_degree}, got {list(colors.shape)}")
+    elif not ((colors.ndim == 2 and colors.shape[0] == n) or (colors.ndim == 3 and colors.shape[:2] == (n_cameras, n))):
+        raise ValueError(f"colors must be [N={n},D] or [C={n_cameras},N,D] without sh_degree, got {list(colors.shape)}")
+    channels = 3 if sh_degree is not None else colors.shape[-1]
+    if backgrounds is not None and tuple(backgrounds.shape) != (n_cameras, channels):
+        raise ValueError(f"backgrounds must be [C={n_cameras}, D={channels}], got {list(backgrounds.shape)}")
+
+
+def _resolve_backend(backend: str, means: Tensor, cameras_need_grad: bool) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown render backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        backend = os.environ.get("L2S_OPTIM_RENDER_BACKEND", "auto")
+        if backend not in BACKENDS:
+            raise ValueError(f"L2S_OPTIM_RENDER_BACKEND={backend!r} is not one of {BACKENDS}")
+    if backend == "auto":
+        if means.is_cuda:
+            return "gsplat" if importlib.util.find_spec("gsplat") else "torch"
+        return "cpp" if not cameras_need_grad and cpp_available() else "torch"
+    if backend == "cpp":
+        if means.device.type != "cpu":
+            raise ValueError(f"render backend 'cpp' runs on CPU tensors, got {means.device}; use 'gsplat' on CUDA")
+        if cameras_need_grad:
+            raise ValueError("render backend 'cpp' gives no gradients to viewmats or Ks; use backend='torch'")
+    return backend
 
 
 def rasterization(
@@ -46,7 +124,8 @@ def rasterization(
         width, height: image size in pixels.
         sh_degree: SH degree to evaluate (<= the degree of ``colors``), or None.
         backgrounds: [C,D] colour behind the Gaussians (default: none, i.e. black).
-        backend: ``"auto"`` (gsplat on CUDA when installed, else ``"cpu"``), ``"gsplat"`` or ``"cpu"``.
+        backend: ``"auto"``, ``"gsplat"``, ``"cpp"`` or ``"torch"`` (see the module doc); ``"auto"``
+            also picks torch when viewmats or Ks need gradients (cpp gives them none).
 
     Returns:
         images [C,H,W,D], alphas [C,H,W,1] and an info dict with gsplat's keys for its strategies
@@ -61,8 +140,16 @@ def rasterization(
         raise ValueError(f"means must be [N,3], got {list(means.shape)}")
     if viewmats.ndim != 3 or viewmats.shape[1:] != (4, 4) or Ks.shape != (viewmats.shape[0], 3, 3):
         raise ValueError(f"viewmats must be [C,4,4] and Ks [C,3,3], got {list(viewmats.shape)} and {list(Ks.shape)}")
-    if backend == "auto":
-        backend = "gsplat" if means.is_cuda and importlib.util.find_spec("gsplat") else "cpu"
+    if int(width) != width or int(height) != height or width < 1 or height < 1:
+        raise ValueError(f"width and height must be positive integers, got {width} x {height}")
+    _check_colours(colors, backgrounds, sh_degree, n, viewmats.shape[0])
+    tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
+               "viewmats": viewmats, "Ks": Ks}
+    if backgrounds is not None:
+        tensors["backgrounds"] = backgrounds
+    _check_inputs(tensors)
+    cameras_need_grad = torch.is_grad_enabled() and (viewmats.requires_grad or Ks.requires_grad)
+    backend = _resolve_backend(backend, means, cameras_need_grad)
     if backend == "gsplat":
         import gsplat
 
@@ -70,9 +157,8 @@ def rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=near_plane,
             far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree, backgrounds=backgrounds, packed=False,
         )
-    if backend != "cpu":
-        raise ValueError(f"unknown render backend {backend!r}; choose 'auto', 'gsplat' or 'cpu'")
-    return rasterize_cpu(
+    rasterize = cpp.rasterize_cpp if backend == "cpp" else rasterize_cpu
+    return rasterize(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
         backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
     )
