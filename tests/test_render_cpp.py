@@ -4,10 +4,10 @@ import warnings
 
 import pytest
 import torch
+from test_render import look_at
 
 import l2s_optim.render as render_module
 from l2s_optim.render import cpp, cpp_available, rasterization
-from test_render import look_at
 
 INPUTS = ("means", "quats", "scales", "opacities", "colors", "backgrounds")
 
@@ -88,7 +88,7 @@ def test_cpp_matches_torch_reference(dtype, image_tol, grad_tol, sh_degree, chan
 
 
 def test_cpp_gradients_match_finite_differences():
-    s, viewmats, Ks, w, h = hard_scene(8, n_cameras=2, sh_degree=2)
+    s, viewmats, Ks, _, _ = hard_scene(8, n_cameras=2, sh_degree=2)
     with torch.no_grad():
         s["opacities"][::3] = 0.9  # keep clear of the 0.999 clamp, where alpha is not differentiable
     names = list(s)

@@ -33,7 +33,7 @@ def cpp_available() -> bool:
     """Whether the compiled CPU rasterizer builds and loads here; warns once, with the reason, when not."""
     try:
         cpp.extension()
-    except Exception as error:  # no compiler, no ninja, a compile error: all mean "use the reference"
+    except Exception as error:  # noqa: BLE001 - no compiler, no ninja, a compile or load error: use the reference
         reason = str(error).strip().splitlines()
         warnings.warn(
             "l2s_optim: the compiled CPU rasterizer could not be built, falling back to the pure-PyTorch one "
