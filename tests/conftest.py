@@ -46,6 +46,30 @@ def targets_like(splats, seed: int = 1) -> dict[str, Tensor]:
     return {k: torch.randn(p.shape, generator=g) * 0.1 + p.detach() for k, p in splats.items()}
 
 
+def run_steps(opt, splats, targets, steps):
+    """``steps`` optimizer steps on the quadratic loss towards ``targets`` (a target equal to the
+    parameter gives a zero gradient)."""
+    for _ in range(steps):
+        opt.zero_grad()
+        quadratic_loss(splats, targets).backward()
+        opt.step()
+
+
+def duplicate_like_gsplat(splats, opt, sel):
+    """What gsplat's strategy ops do: new Parameters, state rows concatenated with zeros."""
+    for k in list(splats.keys()):
+        old = splats[k]
+        new = nn.Parameter(torch.cat([old.detach(), old.detach()[sel]]))
+        splats[k] = new
+        state = opt.state.pop(old)
+        for key, v in state.items():
+            if key != "step":
+                state[key] = torch.cat([v, torch.zeros((len(sel), *v.shape[1:]))])
+        group = next(g for g in opt.param_groups if g["params"][0] is old)
+        group["params"] = [new]
+        opt.state[new] = state
+
+
 class AdamEchoNet(nn.Module):
     """A stand-in network whose update is the Adam-normalised gradient itself: with it,
     Learn2Splat must reproduce torch.optim.Adam exactly (a reference for packing, per-Gaussian

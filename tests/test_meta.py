@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 import subprocess
@@ -76,7 +77,7 @@ def test_adam_warm_start_gives_fresh_scenes_adam_steps_and_fresh_latents(tmp_pat
     for s in states:
         initial = dense_init(trainer.scenes[s.scene], fraction=1.0)  # only to compare shapes
         assert s.params["means"].shape[1:] == initial["means"].shape[1:]
-        assert torch.equal(s.latent, torch.zeros_like(s.latent))  # the learned optimizer draws them
+        assert s.latent.ne(0).all() and abs(s.latent.std().item() - 1) < 0.1  # fresh N(0,1), not Adam's
         assert s.count["means"].max() == s.steps and s.count["means"].min() >= 0
         assert (s.exp_avg_sq["sh0"].abs().sum() > 0) == (s.steps > 0)
 
@@ -125,3 +126,22 @@ def test_two_gloo_ranks_stay_in_sync(tmp_path):
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     logs = [(tmp_path / f"log_rank{r}.csv").read_text() for r in (0, 1)]
     assert logs[0] != logs[1]  # each rank trained on its own scenes
+
+
+def test_meta_training_runs_the_network_under_the_deployment_autocast_policy(tmp_path):
+    assert MetaConfig().autocast == inspect.signature(Learn2Splat).parameters["autocast"].default
+    with pytest.raises(ValueError, match="autocast"):
+        MetaTrainer(replace(TINY, autocast="fp16"), tmp_path, torch.device("cpu"))
+    trainer = MetaTrainer(replace(TINY, autocast="bf16", adam_warm_start=0.0), tmp_path, torch.device("cpu"))
+    with torch.no_grad():
+        trainer.net.update_mlp[2].weight.normal_(0, 0.1)
+    seen, forward = [], trainer.net.forward
+
+    def spy(*inputs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(*inputs)
+
+    trainer.net.forward = spy
+    state, _ = trainer.inner_step(trainer._fresh_state(), torch.arange(2), differentiable=True)
+    assert seen == [torch.bfloat16]
+    assert torch.autograd.grad(state.params["means"].sum(), trainer.net.input_proj.weight)[0].abs().sum() > 0

@@ -7,6 +7,7 @@ from release_fixture import release_forward, release_state
 
 from l2s_optim import Learn2Splat, Learn2SplatNet, NetConfig
 from l2s_optim.hub import release_state_to_ours
+from l2s_optim.network import NeighbourAttention
 from l2s_optim.step import ROLES
 
 
@@ -136,3 +137,25 @@ def test_adam_rule_config_round_trips_and_rejects_nonsense(tmp_path):
             assert next(iter(bad)) in str(error)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+def test_attention_equals_a_naive_loop_over_rows():
+    """The batched gather + broadcast reduction == attention written row by row, head by head."""
+    torch.manual_seed(0)
+    attn = NeighbourAttention(width=24, attn_dim=16, heads=4)
+    a, k, d = 30, 5, 4
+    x = torch.randn(a, 24)
+    neighbours = torch.cat([torch.arange(a)[:, None], torch.randint(0, a, (a, k - 1))], 1)
+    valid = torch.rand(a, k) > 0.3
+    valid[:, 0] = True
+    q, key, value = attn.qkv(x).chunk(3, dim=-1)
+    rows = []
+    for i in range(a):
+        heads = []
+        for h in range(4):
+            part = slice(h * d, (h + 1) * d)
+            seen = [j for j, ok in zip(neighbours[i].tolist(), valid[i].tolist()) if ok]
+            weights = torch.stack([q[i, part] @ key[j, part] for j in seen]).div(d**0.5).softmax(0)
+            heads.append(sum(w * value[j, part] for w, j in zip(weights, seen)))
+        rows.append(torch.cat(heads))
+    torch.testing.assert_close(attn(x, neighbours, valid), attn.proj(torch.stack(rows)), rtol=1e-5, atol=1e-6)

@@ -2,19 +2,21 @@ import io
 
 import pytest
 import torch
-from conftest import TINY, AdamEchoNet, make_splats, quadratic_loss, random_net, targets_like
+from conftest import (
+    TINY,
+    AdamEchoNet,
+    duplicate_like_gsplat,
+    make_splats,
+    quadratic_loss,
+    random_net,
+    run_steps,
+    targets_like,
+)
 from torch import nn
 
 from l2s_optim import Learn2Splat, NetConfig
 
 ADAM_LRS = {"means": 1e-2, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 1.25e-4}
-
-
-def run_steps(opt, splats, targets, steps):
-    for _ in range(steps):
-        opt.zero_grad()
-        quadratic_loss(splats, targets).backward()
-        opt.step()
 
 
 def clone(splats):
@@ -171,21 +173,6 @@ def test_seed_controls_initial_latent(splats):
     assert not torch.equal(results[0], results[2])
 
 
-def duplicate_like_gsplat(splats, opt, sel):
-    """What gsplat's strategy ops do: new Parameters, state rows concatenated with zeros."""
-    for k in list(splats.keys()):
-        old = splats[k]
-        new = nn.Parameter(torch.cat([old.detach(), old.detach()[sel]]))
-        splats[k] = new
-        state = opt.state.pop(old)
-        for key, v in state.items():
-            if key != "step":
-                state[key] = torch.cat([v, torch.zeros((len(sel), *v.shape[1:]))])
-        group = next(g for g in opt.param_groups if g["params"][0] is old)
-        group["params"] = [new]
-        opt.state[new] = state
-
-
 def test_growing_n_new_rows_are_fresh(splats):
     targets = targets_like(splats)
     opt = Learn2Splat(splats, random_net())
@@ -324,10 +311,10 @@ def test_runs_on_double_parameters():
     assert s["means"].dtype == torch.float64 and torch.isfinite(s["means"]).all()
 
 
-def psnr_gain_in_40_steps(optimizer: str, init: str) -> float:
+def psnr_gain_in_40_steps(optimizer: str, init: str, **options) -> float:
     """Test-PSNR gain of 40 one-view steps on a procedural scene never seen in meta-training (seed 0;
     meta-training used seeds >= 10000), from ``init`` Gaussians; ``optimizer``: gsplat's default Adam
-    or a Learn2Splat checkpoint."""
+    or a Learn2Splat checkpoint (with ``options``, e.g. ``autocast="bf16"``)."""
     from l2s_optim.bench import GSPLAT_LRS
     from l2s_optim.data import dense_init, sparse_init, synthetic_scene
     from l2s_optim.losses import photometric_loss, psnr
@@ -340,7 +327,7 @@ def psnr_gain_in_40_steps(optimizer: str, init: str) -> float:
     if optimizer == "adam":
         opt = torch.optim.Adam([{"params": [p], "lr": GSPLAT_LRS[n]} for n, p in splats.items()], eps=1e-15)
     else:
-        opt = Learn2Splat(splats, optimizer)
+        opt = Learn2Splat(splats, optimizer, **options)
 
     def test_psnr():
         with torch.no_grad():

@@ -108,7 +108,11 @@ class NetConfig:
 
 
 class NeighbourAttention(nn.Module):
-    """Scaled dot-product attention of each Gaussian over its kNN list; scores in fp32."""
+    """Scaled dot-product attention of each Gaussian over its kNN list; scores in fp32.
+
+    Keys and values of all neighbours are gathered in one contiguous [A,k,H,d] block and reduced
+    with broadcast products (no per-row matmuls).
+    """
 
     def __init__(self, width: int, attn_dim: int, heads: int) -> None:
         super().__init__()
@@ -117,15 +121,17 @@ class NeighbourAttention(nn.Module):
         self.proj = nn.Linear(attn_dim, width)
 
     def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
-        """x [A,W]; neighbours [A,k] row indices into x; valid [A,k] bool (column 0 = self)."""
-        a = neighbours.shape[0]
-        q, key, value = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(1)  # [A,H,d] each
-        key, value = key[neighbours], value[neighbours]  # [A,k,H,d]
-        scores = torch.einsum("ahd,akhd->ahk", q.float(), key.float()) * q.shape[-1] ** -0.5
-        scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
-        weights = scores.softmax(dim=-1).to(value.dtype)
-        out = torch.einsum("ahk,akhd->ahd", weights, value).reshape(a, -1)
-        return self.proj(out)
+        """x [A,W]; neighbours [A,k] row indices into x; valid [A,k] bool (column 0 = self). Returns [A,W]."""
+        a, k = neighbours.shape
+        q, kv = self.qkv(x).split([self.proj.in_features, 2 * self.proj.in_features], dim=-1)  # [A,D], [A,2D]
+        gathered = kv.index_select(0, neighbours.reshape(-1)).view(a, k, 2, self.heads, -1)
+        key, value = gathered.unbind(2)  # [A,k,H,d] each
+        q = q.float().view(a, 1, self.heads, -1)
+        scores = (q * key.float()).sum(-1) * q.shape[-1] ** -0.5  # [A,k,H]
+        scores = scores.masked_fill(~valid[:, :, None], float("-inf"))
+        weights = scores.softmax(dim=1).to(value.dtype)
+        out = (weights[..., None] * value).sum(1)  # [A,H,d]
+        return self.proj(out.reshape(a, -1))
 
 
 class FeedForward(nn.Module):

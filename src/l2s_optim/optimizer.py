@@ -18,7 +18,19 @@ from torch.optim import Optimizer
 from .hub import load_network
 from .knn import knn
 from .network import Learn2SplatNet
-from .step import ROLES, check_gaussians, learned_step, nonzero_gradient_rows, role_of, sh_degree_of
+from .step import (
+    ROLES,
+    Autocast,
+    GaussianState,
+    active_rows,
+    apply_learned_step,
+    autocast_policy,
+    check_gaussians,
+    knn_graph,
+    role_of,
+    sh_degree_of,
+    take,
+)
 
 ParamsLike = Mapping[str, Tensor] | torch.nn.ParameterDict | Iterable[dict[str, Any]]
 
@@ -62,7 +74,9 @@ class Learn2Splat(Optimizer):
         knn_every: recompute the neighbour graph every this many steps (1 = every step, as
             released and exact; larger values reuse a graph over all Gaussians, for big scenes).
         knn_backend: see :func:`l2s_optim.knn.knn`.
-        autocast: run the network under bf16 autocast on CUDA.
+        autocast: the network's autocast policy, shared with meta-training: ``"auto"`` (bf16 on
+            CUDA, fp32 on CPU), ``"bf16"`` (also on CPU) or ``"fp32"``; ``True``/``False`` mean
+            ``"auto"``/``"fp32"``.
         init_features: [N, feature_dim] per-Gaussian features of a feed-forward initialiser
             (sparse setting); the initial latent state is their projection by the checkpoint.
         betas, eps, fused, foreach: accepted so that code written for Adam keeps working;
@@ -78,7 +92,7 @@ class Learn2Splat(Optimizer):
         seed: int = 0,
         knn_every: int = 1,
         knn_backend: str = "auto",
-        autocast: bool = True,
+        autocast: Autocast | bool = "auto",
         init_features: Tensor | None = None,
         betas: Any = None,
         eps: Any = None,
@@ -108,7 +122,7 @@ class Learn2Splat(Optimizer):
         self.seed = seed
         self.knn_every = knn_every
         self.knn_backend = knn_backend
-        self.autocast = autocast
+        self.autocast = autocast_policy(autocast)
         self._knn_cache: tuple[weakref.ref, int, int, Tensor] | None = None
         self._consumed_grads: list[tuple[weakref.ref, int]] = []
         if init_features is not None:
@@ -146,19 +160,20 @@ class Learn2Splat(Optimizer):
         generator = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + step)
         return torch.randn(count, self.net.config.width, generator=generator, device=device)
 
-    def _neighbours(self, means: Tensor, active: Tensor, step: int) -> tuple[Tensor, Tensor]:
-        """[A,k] neighbour rows among the active Gaussians and their validity mask."""
-        n, a = means.shape[0], active.shape[0]
-        k = min(self.net.config.k, a)
+    def _neighbours(self, means: Tensor, active: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
+        """[A,k] neighbour rows among the active Gaussians (``active`` [A] indices, None: all) and their
+        validity mask."""
         if self.knn_every == 1:
-            neighbours = knn(means[active], k, self.knn_backend)
-            return neighbours, torch.ones_like(neighbours, dtype=torch.bool)
+            return knn_graph(take(means, active), self.net.config.k, self.knn_backend)
+        n = means.shape[0]
         cache = self._knn_cache
         if cache is None or cache[0]() is not means or cache[1] != n or step - cache[2] >= self.knn_every:
             cache = (weakref.ref(means), n, step, knn(means, min(self.net.config.k, n), self.knn_backend))
             self._knn_cache = cache
+        if active is None:
+            return cache[3], torch.ones_like(cache[3], dtype=torch.bool)
         row_of = torch.full((n,), -1, dtype=torch.long, device=means.device)
-        row_of[active] = torch.arange(a, device=means.device)
+        row_of[active] = torch.arange(active.shape[0], device=means.device)
         neighbours = row_of[cache[3][active]]
         return neighbours.clamp(min=0), neighbours >= 0
 
@@ -184,50 +199,28 @@ class Learn2Splat(Optimizer):
             g = torch.zeros_like(p) if p.grad is None else p.grad
             if g.is_sparse or g.shape != p.shape:
                 raise ValueError(f"gradient of {role!r} must be dense with the parameter's shape {list(p.shape)}")
-            if not torch.isfinite(g).all():
-                raise ValueError(f"gradient of {role!r} contains NaN or Inf; parameters and state left unchanged")
             grads[role] = g
-        active = nonzero_gradient_rows(grads)
+        active = active_rows(grads)
         if visibility is not None:
             if visibility.shape != (n,):
                 raise ValueError(f"visibility must be a [N]={n} mask, got {list(visibility.shape)}")
             active &= visibility.to(active.device, torch.bool)
         states = {role: self._state_rows(role, p, n) for role, p in params.items()}
         self._record_consumed_grads()
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            return loss
         means_state = states["means"]
         step = int(means_state["step"])
-        latent = means_state["latent"][idx]
-        fresh = latent.eq(0).all(1)
-        if fresh.any():
-            latent[fresh] = self._fresh_latent(int(fresh.sum()), step, latent.device)
-        neighbours, valid = self._neighbours(params["means"], idx, step)
-
-        def rows(key: str) -> dict[str, Tensor]:
-            return {role: state[key][idx] for role, state in states.items()}
-
-        result = learned_step(
-            self.net,
-            {role: p[idx] for role, p in params.items()},
-            {role: g[idx] for role, g in grads.items()},
-            rows("exp_avg"),
-            rows("exp_avg_sq"),
-            rows("gaussian_step"),
-            latent,
-            neighbours,
-            valid,
-            self._lrs_by_role(),
-            self.autocast,
+        state = GaussianState(
+            *({role: s[key] for role, s in states.items()} for key in ("exp_avg", "exp_avg_sq", "gaussian_step")),
+            means_state["latent"],
         )
-        for role, p in params.items():
-            p.index_copy_(0, idx, result.params[role])
-            states[role]["exp_avg"].index_copy_(0, idx, result.exp_avg[role])
-            states[role]["exp_avg_sq"].index_copy_(0, idx, result.exp_avg_sq[role])
-            states[role]["gaussian_step"].index_copy_(0, idx, result.count[role])
-        means_state["latent"].index_copy_(0, idx, result.latent)
-        means_state["step"] += 1
+        applied = apply_learned_step(
+            self.net, params, grads, state, active,
+            fresh_latent=lambda count: self._fresh_latent(count, step, params["means"].device),
+            neighbours=lambda idx: self._neighbours(params["means"], idx, step),
+            lrs=self._lrs_by_role(), autocast=self.autocast, in_place=True,
+        )
+        if applied is not None:
+            means_state["step"] += 1
         return loss
 
     def _record_consumed_grads(self) -> None:

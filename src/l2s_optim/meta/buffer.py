@@ -13,7 +13,8 @@ class SceneState:
     """One scene in the middle of its optimisation: Gaussians and the optimizer's per-Gaussian state.
 
     Every dict maps a role (``means``, ``scales``, ...) to an [N,...] tensor; ``count`` holds the
-    per-Gaussian Adam step counters, ``latent`` [N,W] the network's latent state (zero rows = fresh).
+    per-Gaussian Adam step counters, ``latent`` [N,W] the network's latent state (fresh rows: see
+    ``l2s_optim.step.GaussianState``).
     """
 
     scene: int  # index of the scene (and its views) in the trainer's scene list

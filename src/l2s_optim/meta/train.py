@@ -28,11 +28,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..data import Scene, dense_init, load_scene, sparse_init, synthetic_scene
-from ..knn import knn
 from ..losses import photometric_loss, psnr, ssim
 from ..network import Learn2SplatNet, NetConfig
 from ..render import render_splats
-from ..step import learned_step, nonzero_gradient_rows
+from ..step import AUTOCAST, Autocast, GaussianState, active_rows, apply_learned_step, autocast_policy, take
 from .buffer import CheckpointBuffer, SceneState
 
 
@@ -66,11 +65,13 @@ class MetaConfig:
     scene_factor: int = 8
     seed: int = 0
     save_every: int = 100
+    autocast: Autocast = "auto"  # the network's autocast policy, Learn2Splat's default (step.autocast_policy)
 
 
 class MetaTrainer:
     def __init__(self, config: MetaConfig, out: Path, device: torch.device, rank: int = 0, world: int = 1) -> None:
         self.config, self.out, self.device, self.rank, self.world = config, out, device, rank, world
+        autocast_policy(config.autocast)  # an unknown policy fails here, not mid-run
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.net = Learn2SplatNet(NetConfig(**config.net)).to(device)
@@ -114,8 +115,12 @@ class MetaTrainer:
                            torch.zeros(n, self.net.config.width, device=self.device))
         if torch.rand((), generator=self.generator).item() < self.config.adam_warm_start:
             advanced = self.advance(state, self._randint(0, self.config.adam_warm_start_max), self.adam_net)
-            state = replace(advanced, latent=state.latent)  # the learned optimizer starts from fresh latents
+            state = replace(advanced, latent=self._fresh_latent(n))  # the learned optimizer starts from fresh latents
         return state
+
+    def _fresh_latent(self, count: int) -> Tensor:
+        """[count,W] N(0,1) initial latent states (dense setting, as released)."""
+        return torch.randn(count, self.net.config.width, generator=self.generator).to(self.device)
 
     def _views(self, scene: Scene, count: int, exclude: Tensor | None = None) -> Tensor:
         order = torch.randperm(scene.images.shape[0], generator=self.generator)
@@ -140,36 +145,21 @@ class MetaTrainer:
         with torch.enable_grad():
             loss = photometric_loss(self._render(params, scene, views), scene.images[views])
             grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-        idx = nonzero_gradient_rows(grads).nonzero().squeeze(1)
-        if idx.numel() == 0:  # no Gaussian seen from these views: nothing moves, as in Learn2Splat.step
-            return replace(state, steps=state.steps + 1), {"delta": {}, "normalised": {}, "raw": {}}
-        latent = state.latent
-        fresh = latent[idx].detach().eq(0).all(1)
-        if fresh.any():  # N(0,1) initial latent state for fresh Gaussians (dense setting, as released)
-            noise = torch.randn(int(fresh.sum()), latent.shape[1], generator=self.generator).to(self.device)
-            latent = latent.index_put((idx[fresh],), noise)
-        means = params["means"].detach()[idx]
-        neighbours = knn(means, min(net.config.k, len(idx)))
-
-        def rows(mapping: dict[str, Tensor]) -> dict[str, Tensor]:
-            return {k: v.detach()[idx] for k, v in mapping.items()}
-
-        param_rows, grad_rows = rows(params), rows(grads)
+        detached = {k: v.detach() for k, v in params.items()}
         with torch.set_grad_enabled(differentiable):
-            result = learned_step(net, param_rows, grad_rows, rows(state.exp_avg), rows(state.exp_avg_sq),
-                                  rows(state.count), latent[idx], neighbours, torch.ones_like(neighbours, dtype=torch.bool),
-                                  {k: 1.0 for k in params}, autocast=False)
-            new_params = {k: v.detach().index_put((idx,), result.params[k]) for k, v in params.items()}
-            new_latent = latent.index_put((idx,), result.latent)
-
-        def commit(old: dict[str, Tensor], new: dict[str, Tensor]) -> dict[str, Tensor]:
-            return {k: old[k].detach().index_put((idx,), new[k].detach()) for k in old}
-
-        new_state = SceneState(state.scene, new_params, commit(state.exp_avg, result.exp_avg),
-                               commit(state.exp_avg_sq, result.exp_avg_sq), commit(state.count, result.count),
-                               new_latent, state.steps + 1)
-        aux = {"delta": {k: param_rows[k] - result.params[k] for k in params}, "normalised": result.normalised,
-               "raw": grad_rows}
+            applied = apply_learned_step(
+                net, detached, grads,
+                GaussianState(state.exp_avg, state.exp_avg_sq, state.count, state.latent), active_rows(grads),
+                fresh_latent=self._fresh_latent, autocast=self.config.autocast,
+            )
+        if applied is None:  # no Gaussian seen from these views: nothing moves, as in Learn2Splat.step
+            return replace(state, steps=state.steps + 1), {"delta": {}, "normalised": {}, "raw": {}}
+        new = applied.state
+        new_state = SceneState(state.scene, applied.params, new.exp_avg, new.exp_avg_sq, new.count, new.latent,
+                               state.steps + 1)
+        rows = applied.rows
+        aux = {"delta": {k: take(v, applied.active) - rows.params[k] for k, v in detached.items()},
+               "normalised": rows.normalised, "raw": {k: take(g, applied.active) for k, g in grads.items()}}
         return new_state, aux
 
     # --------------------------------------------------------------------------- meta losses
@@ -362,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scene-factor", type=int, default=d.scene_factor, help="image downscale factor of --scenes")
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--autocast", choices=AUTOCAST, default=d.autocast,
+                   help="the network's autocast policy (as Learn2Splat's): auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from --out/meta_state_rank*.pt")
     args = p.parse_args(argv)
@@ -372,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
              "max_log_multiplier": math.log(args.max_multiplier)},
         procedural_scenes=args.procedural_scenes, procedural_size=args.procedural_size, scene_dirs=args.scenes,
         stability_weight=args.stability_weight, scene_factor=args.scene_factor, context_views=args.context_views, adam_warm_start_max=args.adam_warm_start_max,
-        save_every=args.save_every, seed=args.seed,
+        save_every=args.save_every, seed=args.seed, autocast=args.autocast,
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
