@@ -96,11 +96,31 @@ def test_demo_races_the_bundled_dense_weights_against_adam(tmp_path, capsys, mon
     assert "l2s:dense" in capsys.readouterr().out
 
 
-def test_render_speed_benchmark(tmp_path):
+def test_render_speed_benchmark_compares_backends_on_the_same_workload(tmp_path):
     rows = bench.run_render_speed(bench.parser().parse_args(
-        ["--render-speed", "--sizes", "300", "--render-size", "32", "--repeats", "1", "--out", str(tmp_path)]))
-    assert rows[0]["n"] == 300 and rows[0]["forward_backward_ms"] > 0 and rows[0]["pairs_bound"] > 0
-    assert (tmp_path / "render_speed.json").is_file()
+        ["--render-speed", "--sizes", "300,600", "--render-size", "32", "--repeats", "1", "--out", str(tmp_path)]))
+    assert [r["n"] for r in rows] == [300, 600]
+    for row in rows:
+        for mode in ("forward", "forward_backward"):
+            assert row[f"speedup_{mode}"] == row[f"torch_{mode}_ms"] / row[f"cpp_{mode}_ms"]
+    assert json.loads((tmp_path / "render_speed.json").read_text())["rows"] == rows
+
+
+def test_step_speed_times_each_phase_of_whole_training_steps(tmp_path, monkeypatch, tiny_checkpoint):
+    from l2s_optim.data import synthetic_scene
+
+    monkeypatch.setattr(bench, "load_scene", lambda *a, **k: synthetic_scene(n_views=9, size=24, n_gaussians=600))
+    steps = []
+    real_step = bench.training_step
+    monkeypatch.setattr(bench, "training_step", lambda *a, **k: steps.append(a[1]) or real_step(*a, **k))
+    rows = bench.run_step_speed(bench.parser().parse_args(
+        ["--step-speed", "--optimizers", f"adam,l2s:{tiny_checkpoint}", "--repeats", "3", "--out", str(tmp_path)]))
+    assert [r["optimizer"] for r in rows] == ["adam", f"l2s:{tiny_checkpoint}"]
+    assert len(steps) == 8 and isinstance(steps[0], torch.optim.Adam) and type(steps[-1]).__name__ == "Learn2Splat"
+    for row in rows:
+        phases = [row[f"{p}_ms"] for p in bench.STEP_PHASES]
+        assert min(phases) > 0 and row["step_total_ms"] >= max(phases)
+    assert rows[1]["ratio_to_first"] == rows[1]["step_total_ms"] / rows[0]["step_total_ms"]
 
 
 def test_demo_races_a_given_checkpoint_against_adam(tmp_path, monkeypatch, tiny_checkpoint):

@@ -133,16 +133,42 @@ def fit(
         views = torch.randint(train.images.shape[0], (batch,), generator=generator)
         _sync(device)
         start = time.perf_counter()
-        images, _, _ = render_splats(splats, train.viewmats[views], train.Ks[views], train.width, train.height, background)
-        loss = photometric_loss(images, train.images[views])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        training_step(splats, optimizer, scheduler, train, views, background)
         _sync(device)
         elapsed += time.perf_counter() - start
     return curve
+
+
+STEP_PHASES = ("render", "loss", "backward", "step")
+
+
+def training_step(
+    splats: nn.ParameterDict, optimizer: torch.optim.Optimizer, scheduler: object | None, train: Scene, views: Tensor,
+    background: Tensor, phases: dict[str, list[float]] | None = None,
+) -> None:
+    """One step on the training views ``views``: render, photometric loss, backward, optimizer (and scheduler)
+    step. ``phases``: when given, the seconds of each of :data:`STEP_PHASES` are appended to it (synchronised)."""
+    device = splats["means"].device
+    marks = [time.perf_counter()]
+
+    def mark() -> None:
+        if phases is not None:
+            _sync(device)
+            marks.append(time.perf_counter())
+
+    images, _, _ = render_splats(splats, train.viewmats[views], train.Ks[views], train.width, train.height, background)
+    mark()
+    loss = photometric_loss(images, train.images[views])
+    mark()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    mark()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    mark()
+    for name, begin, end in zip(STEP_PHASES, marks, marks[1:]):
+        phases.setdefault(name, []).append(end - begin)
 
 
 def tune_adam(initial, train: Scene, args, background: Tensor, scene_scale: float) -> tuple[float, dict]:
@@ -315,39 +341,108 @@ def run_micro(args) -> list[dict]:
     return rows
 
 
-def run_render_speed(args) -> list[dict]:
-    """ms per view of the rasterizer, forward and forward+backward, on random Gaussians (the
-    ``random`` init: uniform in a cube, 3-NN scales, opacity 0.1) seen by a lego-like camera."""
+def _median_ms(seconds: list[float]) -> float:
+    return 1000 * sorted(seconds)[len(seconds) // 2]
+
+
+def _write_timing(args, name: str, rows: list[dict], device: torch.device) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine_info(device), "argv": vars(args), "rows": rows}, indent=1))
+    print(f"wrote {path}")
+    return path
+
+
+def render_workloads(args, device: torch.device) -> list[tuple[str, nn.ParameterDict, Tensor, Tensor, int, int]]:
+    """(label, splats, viewmats [1,4,4], Ks [1,3,3], width, height) to time: random Gaussians (uniform in a cube,
+    3-NN scales, opacity 0.1) of each ``--sizes`` in a ``--render-size`` square lego-like view, and with ``--scene``,
+    its first ``--views`` training views with the ``--init`` Gaussians at ``--factor``."""
     from .data.init import gaussians_from_points
     from .data.synthetic import orbit_cameras
 
-    device = _device(args.device)
     size = args.render_size
-    viewmats = orbit_cameras(1).to(device)
-    Ks = torch.tensor([[[1.39 * size, 0.0, size / 2], [0.0, 1.39 * size, size / 2], [0.0, 0.0, 1.0]]], device=device)
-    rows = []
-    for n in (int(float(s)) for s in args.sizes.split(",")):
+    viewmat = orbit_cameras(1).to(device)
+    K = torch.tensor([[[1.39 * size, 0.0, size / 2], [0.0, 1.39 * size, size / 2], [0.0, 0.0, 1.0]]], device=device)
+    workloads = []
+    for n in (int(float(s)) for s in args.sizes.split(",") if s):
         g = torch.Generator().manual_seed(0)
-        splats = gaussians_from_points((torch.rand(n, 3, generator=g) * 2 - 1) * 0.45, torch.rand(n, 3, generator=g)).to(device)
-        times = {}
-        for mode in ("forward", "forward_backward"):
-            for repeat in range(args.repeats + 1):  # the first run warms up
-                _sync(device)
-                start = time.perf_counter()
-                with torch.set_grad_enabled(mode != "forward"):
-                    image, _, info = render_splats(splats, viewmats, Ks, size, size)
-                    if mode != "forward":
-                        image.sum().backward()
-                _sync(device)
-                if repeat:
-                    times.setdefault(mode, []).append(1000 * (time.perf_counter() - start))
-        pairs = int((info["radii"].float().prod(-1) * 4).sum())
-        rows.append({"n": n, "size": size, "pairs_bound": pairs, **{f"{m}_ms": sorted(t)[len(t) // 2] for m, t in times.items()}})
-        print(f"N={n:>8,} {size}x{size}: forward {rows[-1]['forward_ms']:8.1f} ms, forward+backward "
-              f"{rows[-1]['forward_backward_ms']:8.1f} ms (median of {args.repeats}, {torch.get_num_threads()} threads)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "render_speed.json").write_text(json.dumps({"machine": machine_info(device), "rows": rows}, indent=1))
+        points = (torch.rand(n, 3, generator=g) * 2 - 1) * 0.45
+        splats = gaussians_from_points(points, torch.rand(n, 3, generator=g)).to(device)
+        workloads.append((f"random {n:,} @{size}x{size}", splats, viewmat, K, size, size))
+    if args.scene != "synthetic":
+        scene = load_scene(args.scene, factor=args.factor, background=tuple(args.background)).to(device)
+        splats = initial_gaussians(scene, args.init, args).to(device)
+        train = scene.train_views
+        for v in range(min(args.views, train.images.shape[0])):
+            label = f"{Path(args.scene).name} view {v} ({len(splats['means']):,} {args.init}) @{scene.width}x{scene.height}"
+            workloads.append((label, splats, train.viewmats[v : v + 1], train.Ks[v : v + 1], scene.width, scene.height))
+    return workloads
+
+
+def run_render_speed(args) -> list[dict]:
+    """ms per view of each CPU rasterizer backend, forward and forward+backward (of the image sum), on the same
+    workloads in the same run, and the speed-up of cpp over the torch reference."""
+    device = _device(args.device)
+    backends = args.backends.split(",")
+    rows = []
+    for label, splats, viewmats, Ks, width, height in render_workloads(args, device):
+        row = {"workload": label, "n": len(splats["means"]), "width": width, "height": height}
+        for backend in backends:
+            for mode in ("forward", "forward_backward"):
+                seconds = []
+                for repeat in range(args.repeats + 1):  # the first run warms up
+                    _sync(device)
+                    start = time.perf_counter()
+                    with torch.set_grad_enabled(mode != "forward"):
+                        image, _, _ = render_splats(splats, viewmats, Ks, width, height, backend=backend)
+                        if mode != "forward":
+                            image.sum().backward()
+                    _sync(device)
+                    if repeat:
+                        seconds.append(time.perf_counter() - start)
+                row[f"{backend}_{mode}_ms"] = _median_ms(seconds)
+        if {"cpp", "torch"} <= set(backends):
+            for mode in ("forward", "forward_backward"):
+                row[f"speedup_{mode}"] = row[f"torch_{mode}_ms"] / row[f"cpp_{mode}_ms"]
+        rows.append(row)
+        print(label + ": " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith(("_ms", "backward", "forward"))
+                                       and isinstance(v, float)))
+    print(f"(median of {args.repeats} runs, {torch.get_num_threads()} threads)")
+    _write_timing(args, "render_speed", rows, device)
+    return rows
+
+
+def run_step_speed(args) -> list[dict]:
+    """ms per whole training step (render, loss, backward, optimizer step; one view of ``--scene``) for each of
+    ``--optimizers``, in the same run, with the ratio to the first optimizer."""
+    device = _device(args.device)
+    scene = load_scene(args.scene, factor=args.factor, background=tuple(args.background)).to(device)
+    train = scene.train_views
+    background = torch.tensor(args.background, device=device)
+    initial = initial_gaussians(scene, args.init, args).to(device)
+    scene_scale = 1.1 * (scene.camera_centers - scene.camera_centers.mean(0)).norm(dim=-1).max().item()
+    rows = []
+    for name in args.optimizers.split(","):
+        splats = copy.deepcopy(initial)
+        if name == "adam":
+            optimizer, scheduler = adam_factory(scene_scale, args.steps)(splats)
+        elif name.startswith("l2s"):
+            optimizer, scheduler = l2s_factory(name.partition(":")[2] or "dense", args.seed)(splats)
+        else:
+            raise ValueError(f"unknown optimizer {name!r} for --step-speed: adam or l2s[:CHECKPOINT]")
+        phases: dict[str, list[float]] = {}
+        for repeat in range(args.repeats + 1):  # the first step warms up
+            views = torch.tensor([repeat % train.images.shape[0]])
+            training_step(splats, optimizer, scheduler, train, views, background, phases if repeat else None)
+        row = {"optimizer": name, **{f"{p}_ms": _median_ms(phases[p]) for p in STEP_PHASES}}
+        row["step_total_ms"] = _median_ms([sum(t) for t in zip(*phases.values())])
+        row["ratio_to_first"] = row["step_total_ms"] / (rows[0]["step_total_ms"] if rows else row["step_total_ms"])
+        rows.append(row)
+        print(f"{name:>12}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "optimizer"))
+    print(f"{Path(args.scene).name} at {scene.width}x{scene.height}, {len(initial['means']):,} Gaussians "
+          f"({args.init} init), median of {args.repeats} steps, {torch.get_num_threads()} threads")
+    _write_timing(args, "step_speed", rows, device)
     return rows
 
 
@@ -368,9 +463,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-out")
     p.add_argument("--micro", action="store_true", help="microbenchmark the optimizer step instead")
     p.add_argument("--render-speed", action="store_true", help="time the rasterizer instead")
+    p.add_argument("--step-speed", action="store_true",
+                   help="time whole training steps of --optimizers (adam, l2s[:CHECKPOINT]) on --scene instead")
     p.add_argument("--render-size", type=int, default=200, help="--render-speed: image size")
+    p.add_argument("--backends", default="cpp,torch", help="--render-speed: rasterizer backends to compare")
+    p.add_argument("--views", type=int, default=4, help="--render-speed with --scene: training views timed")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--sizes", default="1e3,1e4,1e5", help="--micro/--render-speed: numbers of Gaussians")
-    p.add_argument("--repeats", type=int, default=5, help="--micro/--render-speed: timed runs per size")
+    p.add_argument("--repeats", type=int, default=5, help="--micro/--render-speed/--step-speed: timed runs")
     p.add_argument("--checkpoint", default="dense",
                    help="--micro: Learn2Splat checkpoint, or 'released-random' for the released architecture's size")
     return p
@@ -378,7 +478,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if args.micro:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.step_speed:
+        run_step_speed(args)
+    elif args.micro:
         run_micro(args)
     elif args.render_speed:
         run_render_speed(args)

@@ -73,7 +73,8 @@ def _check_colours(colors: Tensor, backgrounds: Tensor | None, sh_degree: int | 
         raise ValueError(f"backgrounds must be [C={n_cameras}, D={channels}], got {list(backgrounds.shape)}")
 
 
-def _resolve_backend(backend: str, means: Tensor, cameras_need_grad: bool) -> str:
+def _resolve_backend(backend: str, means: Tensor, cpp_refusal: str | None) -> str:
+    """The backend to run; ``cpp_refusal`` says why cpp cannot serve this call (None when it can)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown render backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
@@ -83,12 +84,9 @@ def _resolve_backend(backend: str, means: Tensor, cameras_need_grad: bool) -> st
     if backend == "auto":
         if means.is_cuda:
             return "gsplat" if importlib.util.find_spec("gsplat") else "torch"
-        return "cpp" if not cameras_need_grad and cpp_available() else "torch"
-    if backend == "cpp":
-        if means.device.type != "cpu":
-            raise ValueError(f"render backend 'cpp' runs on CPU tensors, got {means.device}; use 'gsplat' on CUDA")
-        if cameras_need_grad:
-            raise ValueError("render backend 'cpp' gives no gradients to viewmats or Ks; use backend='torch'")
+        return "cpp" if cpp_refusal is None and cpp_available() else "torch"
+    if backend == "cpp" and cpp_refusal is not None:
+        raise ValueError(f"render backend 'cpp' {cpp_refusal}; use backend='torch'")
     return backend
 
 
@@ -124,8 +122,8 @@ def rasterization(
         width, height: image size in pixels.
         sh_degree: SH degree to evaluate (<= the degree of ``colors``), or None.
         backgrounds: [C,D] colour behind the Gaussians (default: none, i.e. black).
-        backend: ``"auto"``, ``"gsplat"``, ``"cpp"`` or ``"torch"`` (see the module doc); ``"auto"``
-            also picks torch when viewmats or Ks need gradients (cpp gives them none).
+        backend: ``"auto"``, ``"gsplat"``, ``"cpp"`` or ``"torch"`` (see the module doc); on CPU
+            ``"auto"`` picks torch where cpp cannot serve: viewmats or Ks that need gradients.
 
     Returns:
         images [C,H,W,D], alphas [C,H,W,1] and an info dict with gsplat's keys for its strategies
@@ -148,8 +146,12 @@ def rasterization(
     if backgrounds is not None:
         tensors["backgrounds"] = backgrounds
     _check_inputs(tensors)
-    cameras_need_grad = torch.is_grad_enabled() and (viewmats.requires_grad or Ks.requires_grad)
-    backend = _resolve_backend(backend, means, cameras_need_grad)
+    cpp_refusal = None
+    if means.device.type != "cpu":
+        cpp_refusal = f"runs on CPU tensors, got {means.device}"
+    elif torch.is_grad_enabled() and (viewmats.requires_grad or Ks.requires_grad):
+        cpp_refusal = "gives no gradients to viewmats or Ks"
+    backend = _resolve_backend(backend, means, cpp_refusal)
     if backend == "gsplat":
         import gsplat
 

@@ -449,14 +449,16 @@ Bands make_bands(const at::Tensor& means2d, const at::Tensor& radii, const at::T
   return {B, at::tensor(offsets, at::kLong), ids};
 }
 
-// Calls f(first pixel of the span within the band, px0, py, count) for each row py of a Gaussian's box inside band
-// rows [y0, y1), after filling scratch.alpha/falloff for the span of that row where its alpha may reach 1/255.
+// Per-row buffers of one band's worker, one value per pixel of a row span.
 template <typename T>
 struct RowScratch {
   std::vector<T> alpha, falloff, weight, t_before, keep_inv, v_alpha;
-  explicit RowScratch(int64_t width) : alpha(width), falloff(width), weight(width), t_before(width), keep_inv(width), v_alpha(width) {}
+  explicit RowScratch(int64_t width)
+      : alpha(width), falloff(width), weight(width), t_before(width), keep_inv(width), v_alpha(width) {}
 };
 
+// Calls f(first pixel of the span within the band, px0, py, count) for each row py of a Gaussian's box inside band
+// rows [y0, y1), after filling scratch.alpha/falloff for the span of that row where its alpha may reach 1/255.
 template <typename T, typename F>
 void for_splat_rows(const Splat<T>& splat, const Box<T>& box, int64_t y0, int64_t y1, int64_t width,
                     RowScratch<T>& scratch, const F& f) {
