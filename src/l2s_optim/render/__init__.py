@@ -6,7 +6,7 @@
 
 ``"auto"`` picks gsplat for CUDA tensors and cpp otherwise; when the extension cannot be built it
 warns once, saying why, and falls back to torch. ``L2S_OPTIM_RENDER_BACKEND=torch`` (or ``cpp``)
-replaces ``"auto"`` for the whole process.
+replaces ``"auto"`` for CPU tensors in the whole process.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def cpp_available() -> bool:
             "l2s_optim: the compiled CPU rasterizer could not be built, falling back to the pure-PyTorch one "
             f"(10-30x slower). Reason: {' / '.join(reason[-6:])}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of rasterization()
         )
         return False
     return True
@@ -61,8 +61,8 @@ def _check_inputs(tensors: dict[str, Tensor]) -> None:
 def _check_colours(colors: Tensor, backgrounds: Tensor | None, sh_degree: int | None, n: int, n_cameras: int) -> None:
     """Shapes of colors ([N,K,3] SH, else [N,D] or [C,N,D]) and backgrounds ([C,D]), or a ValueError."""
     if sh_degree is not None:
-        if not 0 <= sh_degree <= 3:
-            raise ValueError(f"sh_degree must be in 0..3, got {sh_degree}")
+        if int(sh_degree) != sh_degree or not 0 <= sh_degree <= 3:
+            raise ValueError(f"sh_degree must be an integer in 0..3, got {sh_degree}")
         if colors.ndim != 3 or colors.shape[0] != n or colors.shape[2] != 3 or colors.shape[1] < (sh_degree + 1) ** 2:
             raise ValueError(f"colors must be [N={n}, K >= {(sh_degree + 1) ** 2}, 3] SH coefficients for "
                              f"sh_degree={sh_degree}, got {list(colors.shape)}")
@@ -77,16 +77,18 @@ def _resolve_backend(backend: str, means: Tensor, cpp_refusal: str | None) -> st
     """The backend to run; ``cpp_refusal`` says why cpp cannot serve this call (None when it can)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown render backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto" and means.is_cuda:
+        return "gsplat" if importlib.util.find_spec("gsplat") else "torch"
     if backend == "auto":
         backend = os.environ.get("L2S_OPTIM_RENDER_BACKEND", "auto")
-        if backend not in BACKENDS:
-            raise ValueError(f"L2S_OPTIM_RENDER_BACKEND={backend!r} is not one of {BACKENDS}")
+        if backend not in ("auto", "cpp", "torch"):
+            raise ValueError(f"L2S_OPTIM_RENDER_BACKEND={backend!r} is not one of 'auto', 'cpp', 'torch'")
     if backend == "auto":
-        if means.is_cuda:
-            return "gsplat" if importlib.util.find_spec("gsplat") else "torch"
         return "cpp" if cpp_refusal is None and cpp_available() else "torch"
     if backend == "cpp" and cpp_refusal is not None:
         raise ValueError(f"render backend 'cpp' {cpp_refusal}; use backend='torch'")
+    if backend == "cpp" and not cpp_available():
+        raise RuntimeError("render backend 'cpp': the C++ extension could not be built (see the warning above)")
     return backend
 
 
@@ -130,17 +132,20 @@ def rasterization(
         (``means2d`` [C,N,2] in pixels, ``radii`` [C,N,2], ``depths`` [C,N], ``width``, ``height``,
         ``n_cameras``, ``gaussian_ids``).
     """
+    if means.ndim != 2 or means.shape[1] != 3:
+        raise ValueError(f"means must be [N,3], got {list(means.shape)}")
     n = means.shape[0]
     for name, tensor, shape in (("quats", quats, (n, 4)), ("scales", scales, (n, 3)), ("opacities", opacities, (n,))):
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{name} must be {list(shape)} for N={n} means, got {list(tensor.shape)}")
-    if means.ndim != 2 or means.shape[1] != 3:
-        raise ValueError(f"means must be [N,3], got {list(means.shape)}")
     if viewmats.ndim != 3 or viewmats.shape[1:] != (4, 4) or Ks.shape != (viewmats.shape[0], 3, 3):
         raise ValueError(f"viewmats must be [C,4,4] and Ks [C,3,3], got {list(viewmats.shape)} and {list(Ks.shape)}")
+    if viewmats.shape[0] < 1:
+        raise ValueError("viewmats must hold at least one camera, got C=0")
     if int(width) != width or int(height) != height or width < 1 or height < 1:
         raise ValueError(f"width and height must be positive integers, got {width} x {height}")
     _check_colours(colors, backgrounds, sh_degree, n, viewmats.shape[0])
+    width, height, sh_degree = int(width), int(height), None if sh_degree is None else int(sh_degree)
     tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
                "viewmats": viewmats, "Ks": Ks}
     if backgrounds is not None:
@@ -149,6 +154,8 @@ def rasterization(
     cpp_refusal = None
     if means.device.type != "cpu":
         cpp_refusal = f"runs on CPU tensors, got {means.device}"
+    elif means.dtype not in (torch.float32, torch.float64):
+        cpp_refusal = f"computes in float32 or float64, got {means.dtype}"
     elif torch.is_grad_enabled() and (viewmats.requires_grad or Ks.requires_grad):
         cpp_refusal = "gives no gradients to viewmats or Ks"
     backend = _resolve_backend(backend, means, cpp_refusal)

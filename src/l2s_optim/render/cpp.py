@@ -19,6 +19,7 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("csrc") / "rasterize.cpp"
 
@@ -31,7 +32,11 @@ def extension() -> ModuleType:
     """
     from torch.utils.cpp_extension import load
 
-    return load(name="l2s_optim_rasterize", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd", "-fno-trapping-math"])
+    # -fopenmp-simd and -fno-trapping-math let the per-pixel loops vectorise; -ffp-contract=off keeps every copy of
+    # a formula rounded alike, so that the forward and backward take the same decisions. No -march: the summation
+    # order of vectorised reductions must not depend on the machine's vector width or on memory alignment.
+    flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=off"]
+    return load(name="l2s_optim_rasterize", sources=[str(SOURCE)], extra_cflags=flags)
 
 
 class _Project(torch.autograd.Function):
@@ -48,6 +53,7 @@ class _Project(torch.autograd.Function):
         return tuple(outputs)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, v_means2d, v_conics, v_depths, _v_radii):
         grads = extension().project_backward(
             *ctx.saved_tensors, *ctx.settings, v_means2d.contiguous(), v_conics.contiguous(), v_depths.contiguous()
@@ -65,6 +71,7 @@ class _ShColours(torch.autograd.Function):
         return extension().sh_forward(coeffs, dirs, degree)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, v_colors):
         coeffs, dirs = ctx.saved_tensors
         return extension().sh_backward(coeffs, dirs, ctx.degree, v_colors.contiguous()), None, None
@@ -85,6 +92,7 @@ class _Composite(torch.autograd.Function):
         return image, (1 - transmittance)[..., None]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, v_image, v_alpha):
         saved = ctx.saved_tensors
         v_means2d, v_conics, v_colors, v_opacities, v_backgrounds = extension().rasterize_backward(

@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <exception>
+#include <mutex>
 #include <numeric>
 #include <thread>
 #include <vector>
@@ -32,7 +34,8 @@ constexpr int64_t kBandRows = 16;
 constexpr int64_t kGaussiansPerTask = 2048;
 
 // Runs body(task) for every task in [0, tasks) on at::get_num_threads() threads. What a task computes depends only
-// on its index, so results are the same whatever the thread count.
+// on its index, so results are the same whatever the thread count. The first exception a task throws stops the
+// remaining tasks and is rethrown here, after every thread has joined.
 template <typename F>
 void parallel_tasks(int64_t tasks, const F& body) {
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tasks);
@@ -41,13 +44,27 @@ void parallel_tasks(int64_t tasks, const F& body) {
     return;
   }
   std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
   auto worker = [&]() {
-    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) body(t);
+    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) {
+      try {
+        body(t);
+      } catch (...) {
+        const std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        next = tasks;
+      }
+    }
   };
   std::vector<std::thread> pool;
-  for (int64_t i = 1; i < threads; ++i) pool.emplace_back(worker);
+  try {
+    for (int64_t i = 1; i < threads; ++i) pool.emplace_back(worker);
+  } catch (...) {  // no more threads: the ones started and this one do the work
+  }
   worker();
   for (auto& thread : pool) thread.join();
+  if (error) std::rethrow_exception(error);
 }
 
 // Runs body(n) for n in [0, count) in parallel chunks.
@@ -158,9 +175,11 @@ void project_forward_impl(const at::Tensor& means, const at::Tensor& quats, cons
       dp[out] = z;
       const T threshold = T(kAlphaThreshold);
       const T extend = std::min(std::sqrt(2 * std::log(std::max(op[n], threshold) / threshold)), T(kMaxExtend));
-      const T rx = std::ceil(extend * std::sqrt(a)), ry = std::ceil(extend * std::sqrt(c));
-      const bool visible = z >= near_plane && z <= far_plane && det > 0 && op[n] >= threshold && mx + rx > 0 &&
-                           mx - rx < width && my + ry > 0 && my - ry < height;
+      const T largest = T(1 << 30);  // radii stay representable as int32 (such a Gaussian covers any image)
+      const T rx = std::min(std::ceil(extend * std::sqrt(a)), largest);
+      const T ry = std::min(std::ceil(extend * std::sqrt(c)), largest);
+      const bool visible = z >= T(near_plane) && z <= T(far_plane) && det > 0 && op[n] >= threshold &&
+                           mx + rx > 0 && mx - rx < width && my + ry > 0 && my - ry < height;
       rp[2 * out] = visible ? static_cast<int32_t>(rx) : 0;
       rp[2 * out + 1] = visible ? static_cast<int32_t>(ry) : 0;
     });
@@ -372,8 +391,7 @@ struct Splat {
       : mx(mean2d[0]), my(mean2d[1]), a(conic[0]), b(conic[1]), c(conic[2]), opacity(opacity),
         sigma_cut(std::log(opacity / T(kAlphaThreshold)) * T(1.001) + T(1e-3)) {}
 
-  // Offsets (dx, dy) from the centre to the pixel centre (px + 0.5, py + 0.5).
-  T dx(int64_t px) const { return T(px) + T(0.5) - mx; }
+  // Vertical offset from the centre to the centres of row py (py + 0.5).
   T dy(int64_t py) const { return T(py) + T(0.5) - my; }
 
   // Columns [x0, x1) of row py, within [lo, hi), outside which sigma > sigma_cut, i.e. alpha < 1/255 for sure:
@@ -382,13 +400,14 @@ struct Splat {
     x0 = lo, x1 = hi;
     const T dy_ = dy(py), disc = 2 * a * sigma_cut - (a * c - b * b) * dy_ * dy_;
     if (!(a > 0)) return;
-    if (disc < 0) {
+    if (!(disc >= 0)) {  // negative, or NaN from a degenerate conic: nothing on this row
       x1 = x0;
       return;
     }
     const T root = std::sqrt(disc), centre = mx - T(0.5) - b * dy_ / a;
-    x0 = std::max(lo, static_cast<int64_t>(std::floor(centre - root / a)) - 1);
-    x1 = std::min(hi, static_cast<int64_t>(std::ceil(centre + root / a)) + 2);
+    const T left = std::floor(centre - root / a) - 1, right = std::ceil(centre + root / a) + 2;
+    if (left > T(lo)) x0 = std::min(hi, static_cast<int64_t>(std::min(left, T(hi))));  // clamp before casting
+    if (right < T(hi)) x1 = std::max(x0, static_cast<int64_t>(std::max(right, T(x0))));
   }
 
   // For px = x0 + i of row py: falloff[i] = exp(-sigma) with sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, and
@@ -614,20 +633,21 @@ void rasterize_backward_impl(const at::Tensor& means2d, const at::Tensor& conics
                          }
                          rec[kRecordFixed + d] += v_colour;
                        }
-                       const T a_ = splat.a, b_ = splat.b, c_ = splat.c, dy = splat.dy(py), dx0 = splat.dx(x0);
+                       const T a_ = splat.a, b_ = splat.b, c_ = splat.c, dy = splat.dy(py), mx = splat.mx;
+                       const int32_t first = static_cast<int32_t>(x0);
                        T v_mx = 0, v_my = 0, v_ca = 0, v_cb = 0, v_cc = 0, v_op = 0;
 #pragma omp simd reduction(+ : v_mx, v_my, v_ca, v_cb, v_cc, v_op)
                        for (int32_t i = 0; i < count; ++i) {
                          // alpha = opacity * falloff, unless composited-out (weight 0) or clamped at 0.999
                          const bool free = splat.opacity * falloff[i] <= T(kAlphaMax);
                          const T v = weight[i] > 0 ? (free ? v_alpha[i] : T(0)) : T(0);
-                         const T v_sigma = -alpha[i] * v, dx = dx0 + T(i);
+                         const T v_sigma = -alpha[i] * v, dx = T(first + i) + T(0.5) - mx;  // as in row_alphas
                          v_mx -= (a_ * dx + b_ * dy) * v_sigma;
                          v_my -= (b_ * dx + c_ * dy) * v_sigma;
                          v_ca += T(0.5) * dx * dx * v_sigma;
                          v_cb += dx * dy * v_sigma;
                          v_cc += T(0.5) * dy * dy * v_sigma;
-                         v_op += falloff[i] * v;
+                         v_op += v != 0 ? falloff[i] * v : T(0);  // falloff may be inf where v is 0
                        }
                        rec[0] += v_mx, rec[1] += v_my, rec[2] += v_ca, rec[3] += v_cb, rec[4] += v_cc, rec[5] += v_op;
                      });
