@@ -10,7 +10,6 @@ import l2s_optim.render as render_module
 from l2s_optim.render import cpp, cpp_available, rasterization
 
 
-
 def hard_scene(n=200, dtype=torch.float64, seed=0, sh_degree=None, channels=3, n_cameras=4, backgrounds=True,
                per_camera_colours=False, size=1.0):
     """Anisotropic Gaussians, some nearly opaque (the early stop is hit) or clamped at alpha 0.999, a few behind
@@ -134,7 +133,7 @@ def test_cpp_gradients_match_finite_differences(sh_degree):
         images, alphas, info = render({**s, **dict(zip(varied, tensors))}, viewmats, Ks, 16, 34, "cpp", sh_degree)
         return images, alphas, info["means2d"], info["conics"], info["depths"]
 
-    images, alphas, means2d, _, _ = fn(*(s[k] for k in varied))
+    _, alphas, means2d, _, _ = fn(*(s[k] for k in varied))
     assert (alphas > 0.05).float().mean() > 0.1 and ((means2d[..., 1] > 16) & (means2d[..., 1] < 34)).sum() >= 3
     assert torch.autograd.gradcheck(fn, tuple(s[k] for k in varied), eps=1e-7, atol=1e-5, rtol=1e-4)
 
