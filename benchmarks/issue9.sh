@@ -8,6 +8,7 @@ set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${1:-benchmarks/issue9}
 BEER="--scene $DATA/beer --init dense --factor 8 --background 0 0 0"
+mkdir -p "$OUT"
 
 for threads in 1 2; do
   export OMP_NUM_THREADS=$threads
