@@ -7,8 +7,8 @@ pure-PyTorch reference :func:`l2s_optim.render.cpu.rasterize_cpu`, with hand-wri
 passes for its three stages (projection, SH colours, compositing) wrapped as autograd Functions.
 Gradients reach ``means``, ``quats``, ``scales``, ``opacities``, ``colors``, ``backgrounds`` and
 ``info["means2d"]`` (gsplat's strategies read its ``.grad``); cameras are not differentiable here.
-Work is split over ``torch.get_num_threads()`` threads, and every gradient is summed in a fixed
-order: results are bit-identical at any thread count.
+Work is split over torch's intra-op threads (``torch.get_num_threads()``), and every gradient is
+summed in a fixed order: results are bit-identical at any thread count.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ def extension() -> ModuleType:
     """
     from torch.utils.cpp_extension import load
 
-    # -fopenmp-simd and -fno-trapping-math let the per-pixel loops vectorise; -ffp-contract=off keeps every copy of
+    # OpenMP simd pragmas and -fno-trapping-math let the per-pixel loops vectorise; -ffp-contract=off keeps every copy of
     # a formula rounded alike, so that the forward and backward take the same decisions. No -march: the summation
     # order of vectorised reductions must not depend on the machine's vector width or on memory alignment.
-    flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=off"]
-    return load(name="l2s_optim_rasterize", sources=[str(SOURCE)], extra_cflags=flags)
+    # -fopenmp: torch's at::parallel_for runs the bands on torch's own OpenMP threads (libgomp.so.1, already loaded).
+    flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
+    return load(name="l2s_optim_rasterize", sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"])
 
 
 class _Project(torch.autograd.Function):

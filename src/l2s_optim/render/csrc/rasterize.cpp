@@ -13,15 +13,13 @@
 //
 // Tensors are contiguous, on the CPU, float32 or float64 (templated, so gradcheck runs on it).
 
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <exception>
-#include <mutex>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -33,38 +31,17 @@ constexpr double kMaxExtend = 3.33;
 constexpr int64_t kBandRows = 16;
 constexpr int64_t kGaussiansPerTask = 2048;
 
-// Runs body(task) for every task in [0, tasks) on at::get_num_threads() threads. What a task computes depends only
-// on its index, so results are the same whatever the thread count. The first exception a task throws stops the
-// remaining tasks and is rethrown here, after every thread has joined.
+// Runs body(task) for every task in [0, tasks) on torch's intra-op threads (at::get_num_threads(); the extension is
+// built with OpenMP and shares torch's libgomp, so no second pool competes for the cores). Each thread claims the next
+// task from a shared counter. What a task computes depends only on its index, so results are the same whatever the
+// thread count. at::parallel_for rethrows a task's exception after the threads have finished.
 template <typename F>
 void parallel_tasks(int64_t tasks, const F& body) {
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tasks);
-  if (threads <= 1) {
-    for (int64_t t = 0; t < tasks; ++t) body(t);
-    return;
-  }
   std::atomic<int64_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  auto worker = [&]() {
-    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) {
-      try {
-        body(t);
-      } catch (...) {
-        const std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-        next = tasks;
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  try {
-    for (int64_t i = 1; i < threads; ++i) pool.emplace_back(worker);
-  } catch (...) {  // no more threads: the ones started and this one do the work
-  }
-  worker();
-  for (auto& thread : pool) thread.join();
-  if (error) std::rethrow_exception(error);
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) body(t);
+  });
 }
 
 // Runs body(n) for n in [0, count) in parallel chunks.
