@@ -86,6 +86,20 @@ def l2s_factory(checkpoint: str, seed: int) -> StepperFactory:
     return make
 
 
+def optimizer_factory(name: str, scene_scale: float, total_steps: int, seed: int) -> StepperFactory:
+    """``adam`` (gsplat's defaults) or ``l2s[:CHECKPOINT]``; ``adam-tuned`` needs a sweep, see :func:`tune_adam`."""
+    if name == "adam":
+        return adam_factory(scene_scale, total_steps)
+    if name.startswith("l2s"):
+        return l2s_factory(name.partition(":")[2] or "dense", seed)
+    raise ValueError(f"unknown optimizer {name!r}: adam, adam-tuned (races only) or l2s[:CHECKPOINT]")
+
+
+def scene_scale_of(scene: Scene) -> float:
+    """gsplat's scene scale: 1.1 x the largest camera distance from the cameras' mean (scales the means lr)."""
+    return 1.1 * (scene.camera_centers - scene.camera_centers.mean(0)).norm(dim=-1).max().item()
+
+
 def _device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU."""
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
@@ -258,7 +272,7 @@ def run_race(args) -> dict[str, Curve]:
     train, test = scene.train_views, scene.test_views
     background = torch.tensor(args.background, device=device)
     initial = initial_gaussians(scene, args.init, args).to(device)
-    scene_scale = 1.1 * (scene.camera_centers - scene.camera_centers.mean(0)).norm(dim=-1).max().item()
+    scene_scale = scene_scale_of(scene)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -273,15 +287,11 @@ def run_race(args) -> dict[str, Curve]:
         if name in curves:
             print(f"{name}: already in {results_path}, skipped")
             continue
-        if name == "adam":
-            factory = adam_factory(scene_scale, args.steps)
-        elif name == "adam-tuned":
+        if name == "adam-tuned":
             best, sweep = tune_adam(initial, train, args, background, scene_scale)
             factory = adam_factory(scene_scale, args.steps, best)
-        elif name.startswith("l2s"):
-            factory = l2s_factory(name.partition(":")[2] or "dense", args.seed)
         else:
-            raise ValueError(f"unknown optimizer {name!r}: adam, adam-tuned or l2s[:CHECKPOINT]")
+            factory = optimizer_factory(name, scene_scale, args.steps, args.seed)
         curve = fit(name, initial, factory, train, test, args.steps, args.batch, args.seed, background)
         if name == "adam-tuned":
             curve.extra = {"lr_multiplier": best, "sweep_train_psnr": sweep, "tune_steps": min(args.steps, args.tune_steps)}
@@ -421,16 +431,11 @@ def run_step_speed(args) -> list[dict]:
     train = scene.train_views
     background = torch.tensor(args.background, device=device)
     initial = initial_gaussians(scene, args.init, args).to(device)
-    scene_scale = 1.1 * (scene.camera_centers - scene.camera_centers.mean(0)).norm(dim=-1).max().item()
+    scene_scale = scene_scale_of(scene)
     rows = []
     for name in args.optimizers.split(","):
         splats = copy.deepcopy(initial)
-        if name == "adam":
-            optimizer, scheduler = adam_factory(scene_scale, args.steps)(splats)
-        elif name.startswith("l2s"):
-            optimizer, scheduler = l2s_factory(name.partition(":")[2] or "dense", args.seed)(splats)
-        else:
-            raise ValueError(f"unknown optimizer {name!r} for --step-speed: adam or l2s[:CHECKPOINT]")
+        optimizer, scheduler = optimizer_factory(name, scene_scale, args.steps, args.seed)(splats)
         phases: dict[str, list[float]] = {}
         for repeat in range(args.repeats + 1):  # the first step warms up
             views = torch.tensor([repeat % train.images.shape[0]])
