@@ -2,7 +2,7 @@
 # The timings behind the fast-CPU-training issue (9): the rasterizer backends side by side, whole training
 # steps of Adam and Learn2Splat, and the optimizer step alone, each at 1 and 2 threads (one process at a
 # time, so that ratios are measured on a quiet machine). The README's races are rerun with
-# `OUT=benchmarks/issue9 bash benchmarks/issue5.sh beer_dense lego_random beer_sparse`.
+# `OUT=benchmarks/issue9 bash benchmarks/races.sh beer_dense lego_random beer_sparse`.
 #   bash benchmarks/issue9.sh [OUT]      (default OUT: benchmarks/issue9)
 set -euo pipefail
 DATA=${DATA:-../shared/data}

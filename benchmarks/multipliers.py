@@ -21,7 +21,7 @@ from l2s_optim.render import render_splats
 # packed entries of each attribute (layout of l2s_optim.step.pack; quaternion x, y, z, w)
 ENTRIES = {"means": slice(0, 3), "scales": slice(3, 6), "quats xyz": slice(6, 9), "quat w": slice(9, 10),
            "opacity": slice(10, 11), "sh": slice(11, None)}
-REPORTED_STEPS = (0, 10, 50, 199)
+REPORTED_STEPS = (0, 10, 50, 100, 199)
 
 
 def multipliers(checkpoint: str) -> dict:

@@ -55,6 +55,35 @@ def run_steps(opt, splats, targets, steps):
         opt.step()
 
 
+def snapshot(opt) -> tuple:
+    """Clones of every parameter, state tensor and group setting of ``opt``, for :func:`assert_unchanged`."""
+    params = [g["params"][0] for g in opt.param_groups]
+    return ([p.detach().clone() for p in params],
+            [{k: v.clone() for k, v in opt.state[p].items()} if p in opt.state else None for p in params],
+            [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups], len(opt.state))
+
+
+def same(a: Tensor, b: Tensor) -> bool:
+    """Byte-identical up to NaN payloads: the same dtype, shape, values and NaN positions."""
+    return (a.dtype == b.dtype and torch.equal(a.isnan(), b.isnan())
+            and torch.equal(a.nan_to_num(nan=0.0), b.nan_to_num(nan=0.0)))
+
+
+def assert_unchanged(opt, before: tuple) -> None:
+    """Every parameter, state tensor and group setting of ``opt`` as in ``before`` (see :func:`snapshot`);
+    no state entry was created."""
+    params_before, states_before, groups_before, entries = before
+    params = [g["params"][0] for g in opt.param_groups]
+    assert len(opt.state) == entries
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == groups_before
+    for p, old, state in zip(params, params_before, states_before):
+        assert same(p.detach(), old)
+        assert (p in opt.state) == (state is not None)
+        if state is not None:
+            assert opt.state[p].keys() == state.keys()
+            assert all(same(opt.state[p][k], v) for k, v in state.items())
+
+
 def duplicate_like_gsplat(splats, opt, sel):
     """What gsplat's strategy ops do: new Parameters, state rows concatenated with zeros."""
     for k in list(splats.keys()):
@@ -83,7 +112,7 @@ class AdamEchoNet(nn.Module):
                                 opacity_logit_max=wide, sh_min=-wide, sh_max=wide)
         self.dummy = nn.Parameter(torch.zeros(1))
 
-    def forward(self, params, latent, normalised_grads, neighbours, valid):
+    def forward(self, params, latent, normalised_grads, neighbours, valid, steps=None):
         return normalised_grads.float(), latent + 1.0
 
 

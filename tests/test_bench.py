@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 import torch
@@ -46,13 +47,36 @@ def test_race_writes_curves_plot_table_and_resumes(tmp_path, tiny_checkpoint, ca
     assert adam["steps"] == [0, 1, 2, 5, 10, 20] and len(adam["psnr"]) == 6
     assert adam["psnr"][-1] > adam["psnr"][0]  # Adam fits the scene
     assert all(b >= a for a, b in zip(adam["seconds"], adam["seconds"][1:]))
-    assert curves["adam-tuned"]["extra"]["lr_multiplier"] in bench.TUNE_MULTIPLIERS
+    sweep = curves["adam-tuned"]["extra"]["sweep_train_psnr"]
+    assert curves["adam-tuned"]["extra"]["lr_multiplier"] == float(max(sweep, key=sweep.get))
     assert results["machine"]["torch"] == torch.__version__ and results["settings"]["seed"] == 0
     assert (out / "psnr.png").stat().st_size > 10_000
     table = capsys.readouterr().out
     assert "adam-tuned" in table and "@10" in table and "x adam" in table
     bench.main(argv)  # same command again: everything is resumed from results.json
     assert table.count("already in") == 0 and capsys.readouterr().out.count("already in") == 3
+
+
+@pytest.mark.parametrize("peak, expected", [(32.0, 32.0), (0.1, 0.125), (3.0, 4.0), (1e4, 256.0)])
+def test_adam_sweep_widens_until_the_best_multiplier_is_bracketed(monkeypatch, peak, expected):
+    from types import SimpleNamespace
+
+    from l2s_optim.data import synthetic_scene
+
+    scene = synthetic_scene(n_views=8, size=8, n_gaussians=10)
+
+    def fake_fit(name, *args, **kwargs):  # train PSNR peaks at the multiplier `peak` (log-parabola)
+        m = float(name.partition("x")[2])
+        return bench.Curve(name, [5], [30.0 - abs(torch.tensor(m / peak).log2().item())], [0.1], [1.0])
+
+    monkeypatch.setattr(bench, "fit", fake_fit)
+    args = SimpleNamespace(steps=5, tune_steps=5, batch=1, seed=0)
+    best, sweep = bench.tune_adam(None, scene, args, torch.zeros(3), 1.0)
+    tried = sorted(float(m) for m in sweep)
+    assert best == expected
+    if bench.TUNE_LIMITS[0] < best < bench.TUNE_LIMITS[1]:
+        assert tried[0] < best < tried[-1]  # bracketed by worse multipliers
+    assert set(bench.TUNE_MULTIPLIERS) <= set(tried)
 
 
 def test_summary_reports_steps_and_seconds_to_adams_final_psnr():
@@ -72,6 +96,12 @@ def test_micro_benchmark(tmp_path, tiny_checkpoint):
         ["--micro", "--sizes", "200", "--repeats", "1", "--checkpoint", tiny_checkpoint, "--out", str(tmp_path)]))
     assert rows[0]["n"] == 200 and rows[0]["l2s_ms"] > 0 and rows[0]["adam_ms"] > 0
     assert json.loads((tmp_path / "micro.json").read_text())["rows"] == rows
+    # state per Gaussian: Adam moments of the 59 packed numbers, 6 step counters, the latent state (fp32)
+    width = random_net().config.width
+    assert rows[0]["l2s_state_bytes_per_gaussian"] == 2 * 59 * 4 + 6 * 4 + width * 4
+    assert rows[0]["adam_state_bytes_per_gaussian"] == 2 * 59 * 4
+    if sys.platform == "linux":  # peak resident memory of one step, measured in a child process
+        assert rows[0]["l2s_peak_mb"] > 0 and rows[0]["adam_peak_mb"] >= 0
 
 
 def test_demo_runs_adam_alone_without_bundled_weights(tmp_path, capsys, monkeypatch, no_bundled_weights):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import AdamEchoNet, make_splats
+from conftest import AdamEchoNet, make_splats, random_net
 
 from l2s_optim import Learn2Splat
 
@@ -157,3 +157,32 @@ def test_default_strategy_step_post_backward_with_cpu_renderer_info():
         check_consistent(joint, splats)
     assert counts[-1] != counts[0]  # the strategy grew and/or pruned at steps 4, 8 and 12
     assert sum(losses[-4:]) < sum(losses[:4])
+
+
+def test_several_fold_growth_while_stepping_in_chunks():
+    """DefaultStrategy's growth ops (duplicate, split) grow the splats 8-fold between steps of the real network,
+    run in chunks: state rows follow N, new Gaussians start fresh, the state per Gaussian stays the same size and
+    no network activation holds more than a chunk of rows."""
+    from l2s_optim.bench import state_bytes_per_gaussian
+
+    splats = make_splats(1000)
+    joint = Learn2Splat(splats, random_net(), chunk_size=512)
+    optimizers = joint.per_name_optimizers()
+    rows = []
+    for module in joint.net.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda mod, inputs, out: rows.append(inputs[0].shape[0]))
+    iterate(optimizers, splats, 2)
+    per_gaussian = state_bytes_per_gaussian(joint, 1000)
+    for op in ("duplicate", "split", "duplicate"):
+        before = len(splats["means"])
+        getattr(ops, op)(params=splats, optimizers=optimizers, state={}, mask=torch.ones(before, dtype=torch.bool))
+        assert check_consistent(joint, splats) == 2 * before
+        assert joint.state[splats["means"]]["gaussian_step"][-before:].eq(0).all()  # new rows are fresh
+        losses = iterate(optimizers, splats, 2)
+        n = check_consistent(joint, splats)
+        state = joint.state[splats["means"]]
+        assert state["gaussian_step"][-before:].eq(2).all() and state["latent"].abs().sum(1).gt(0).all()
+        assert math.isfinite(losses[-1]) and all(torch.isfinite(p).all() for p in splats.values())
+        assert state_bytes_per_gaussian(joint, n) == per_gaussian
+    assert len(splats["means"]) == 8000 and max(rows) <= 512

@@ -42,7 +42,7 @@ def test_corrupt_and_mismatched_folders(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(FileNotFoundError, match="missing"):
         load_network(tmp_path / "half")
-    with pytest.raises(FileNotFoundError, match="neither"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_network("no-such-thing")
 
 

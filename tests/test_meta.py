@@ -1,5 +1,6 @@
 import inspect
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,17 +45,22 @@ def trainer(tmp_path):
     return MetaTrainer(TINY, tmp_path, torch.device("cpu"))
 
 
-def test_inner_steps_detach_gaussians_but_carry_the_latent_state(trainer):
+@pytest.mark.parametrize("param_path", [True, False])
+def test_inner_steps_carry_the_latent_state_and_the_gaussians_when_asked(trainer, param_path):
     with torch.no_grad():
         trainer.net.update_mlp[2].weight.normal_(0, 0.1)
     trainer.config.adam_warm_start = 0.0
+    trainer.config.param_path = param_path
     start = trainer._fresh_state()
     views = torch.arange(2)
     first, _ = trainer.inner_step(start, views, differentiable=True)
     second, aux = trainer.inner_step(first, views, differentiable=True)
     loss = second.params["means"].sum()
     grads = torch.autograd.grad(loss, [first.params["means"], first.latent, trainer.net.input_proj.weight], allow_unused=True)
-    assert grads[0] is None  # Gaussians enter each inner step detached
+    if param_path:  # d(second means)/d(first means) = identity plus the step's own dependence on them
+        assert grads[0] is not None and (grads[0] - 1).abs().max() < 0.5
+    else:  # Gaussians enter each inner step detached
+        assert grads[0] is None
     assert grads[1] is not None and grads[1].abs().sum() > 0  # the meta-gradient crosses steps via the latent
     assert grads[2].abs().sum() > 0
     assert second.steps == 2 and torch.equal(second.count["means"], torch.full_like(second.count["means"], 2.0))
@@ -97,19 +103,33 @@ def test_meta_training_runs_logs_and_resumes_exactly(tmp_path):
     straight.train(progress=False)
     rows = (tmp_path / "a" / "log_rank0.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("iteration,seconds,loss")
-    assert all(float(r.split(",")[2]) > 0 for r in rows[1:])
+    assert all(math.isfinite(float(r.split(",")[2])) and float(r.split(",")[2]) != 0 for r in rows[1:])
 
     (tmp_path / "b").mkdir()
     MetaTrainer(TINY, tmp_path / "b", torch.device("cpu")).train(progress=False, until=2)  # interrupted
+    log = tmp_path / "b" / "log_rank0.csv"
+    log.write_text(log.read_text() + rows[3] + "\n")  # a row logged after the last save, before the kill
     resumed = MetaTrainer(TINY, tmp_path / "b", torch.device("cpu"))
     resumed.load()
     assert resumed.iteration == 2
     resumed.train(progress=False)
+    assert [r.split(",")[0] for r in log.read_text().splitlines()] == ["iteration", "1", "2", "3", "4"]
     for a, b in zip(straight.net.state_dict().values(), resumed.net.state_dict().values()):
         assert torch.equal(a, b)
 
-    folder = straight.finish()
-    assert "meta_iterations" in (folder / "README.md").read_text()
+    straight.config.scene_dirs = ["../shared/data/beer"]  # as a real run names its scenes
+    straight.config.context_views = 2  # the recipe must carry the loop's views per step
+    folder = straight.finish("l2s-meta-train --out run")
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "l2s-optim" and card.data.license == "mit" and "learned-optimizer" in card.data.tags
+    assert "Meta-iterations: 4 of a 4-iteration schedule" in card.text and "`l2s-meta-train --out run`" in card.text
+    assert "training views of beer" in card.text and "../shared" not in card.content  # no developer paths
+    from l2s_optim.hub import load_network
+    from l2s_optim.recipe import Recipe
+
+    assert load_network(str(folder)).recipe == Recipe(views_per_step=2)  # the loop it was trained in
     splats = dense_init(synthetic_scene(n_views=8, size=16, n_gaussians=300))
     Learn2Splat(splats, folder)  # the result loads as a checkpoint
 
@@ -137,11 +157,27 @@ def test_meta_training_runs_the_network_under_the_deployment_autocast_policy(tmp
         trainer.net.update_mlp[2].weight.normal_(0, 0.1)
     seen, forward = [], trainer.net.forward
 
-    def spy(*inputs):
+    def spy(*inputs, **options):
         seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
-        return forward(*inputs)
+        return forward(*inputs, **options)
 
     trainer.net.forward = spy
     state, _ = trainer.inner_step(trainer._fresh_state(), torch.arange(2), differentiable=True)
     assert seen == [torch.bfloat16]
     assert torch.autograd.grad(state.params["means"].sum(), trainer.net.input_proj.weight)[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--iterations", "-1"], "argument --iterations: must be >= 1, got -1"),
+    (["--max-multiplier", "0"], "argument --max-multiplier: must be > 1, got 0"),
+    (["--procedural-scenes", "0"], "nothing to meta-train on"),
+    (["--lr", "nan"], "argument --lr: must be > 0, got nan"),
+    (["--max-tau", "two"], "argument --max-tau: expected an integer, got 'two'"),
+])
+def test_meta_train_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, flags, message):
+    from l2s_optim.meta.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

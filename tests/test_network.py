@@ -1,6 +1,7 @@
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 from conftest import TINY, make_splats, quadratic_loss, random_net, targets_like
 from release_fixture import release_forward, release_state
@@ -159,3 +160,23 @@ def test_attention_equals_a_naive_loop_over_rows():
             heads.append(sum(w * value[j, part] for w, j in zip(weights, seen)))
         rows.append(torch.cat(heads))
     torch.testing.assert_close(attn(x, neighbours, valid), attn.proj(torch.stack(rows)), rtol=1e-5, atol=1e-6)
+
+
+def test_phase_feature_reads_log_step_counts_and_is_required_when_configured():
+    config = replace(ADAM_RULE, phase_feature=True)
+    assert config.input_dim == ADAM_RULE.input_dim + 1
+    torch.manual_seed(0)
+    net = Learn2SplatNet(config)
+    with torch.no_grad():
+        net.update_mlp[2].weight.normal_(0.0, 1.0)
+    x = inputs(config)
+    with pytest.raises(ValueError, match="pass steps"):
+        net(*x)
+    early, _ = net(*x, steps=torch.ones(50))
+    late, _ = net(*x, steps=torch.full((50,), 1000.0))
+    assert not torch.allclose(early, late)  # the same Gaussian is updated differently late on
+    # the extra channel is log1p(steps) / 10: zeroing its input weight removes the dependence
+    with torch.no_grad():
+        net.input_proj.weight[:, -1] = 0
+        net.state_scale[0].weight[:, -1] = 0
+    torch.testing.assert_close(net(*x, steps=torch.ones(50))[0], net(*x, steps=torch.full((50,), 1000.0))[0])

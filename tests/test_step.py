@@ -39,9 +39,9 @@ class LatentSpy(nn.Module):
         super().__init__()
         self.net, self.config, self.seen = net, net.config, []
 
-    def forward(self, params, latent, normalised_grads, neighbours, valid):
+    def forward(self, params, latent, normalised_grads, neighbours, valid, steps=None):
         self.seen.append(latent.clone())
-        return self.net(params, latent, normalised_grads, neighbours, valid)
+        return self.net(params, latent, normalised_grads, neighbours, valid, steps)
 
     def project_features(self, features):
         return self.net.project_features(features)

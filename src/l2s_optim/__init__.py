@@ -4,6 +4,7 @@ from .hub import convert_release_checkpoint, load_network
 from .knn import knn
 from .network import Learn2SplatNet, NetConfig
 from .optimizer import Learn2Splat
+from .recipe import Recipe
 
-__all__ = ["Learn2Splat", "Learn2SplatNet", "NetConfig", "convert_release_checkpoint", "knn", "load_network"]
+__all__ = ["Learn2Splat", "Learn2SplatNet", "NetConfig", "Recipe", "convert_release_checkpoint", "knn", "load_network"]
 __version__ = "0.1.0"

@@ -1,7 +1,8 @@
 """Checkpoint names, bundled weights, Hugging Face Hub loading and the converter for the authors'
 released Lightning checkpoint.
 
-Our format is a folder with ``config.json`` + ``model.safetensors`` (``Learn2SplatNet.save_pretrained``).
+Our format is a folder with ``config.json`` + ``model.safetensors`` (``Learn2SplatNet.save_pretrained``)
+and, optionally, ``recipe.json`` (the training recipe, :mod:`l2s_optim.recipe`; ``Recipe()`` when absent).
 Nothing here unpickles a file unless the caller explicitly trusts it.
 """
 
@@ -9,11 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import re
+import types
+import typing
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -22,6 +28,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from .network import Learn2SplatNet, NetConfig
+from .recipe import RECIPE_FILE, RELEASE_RECIPE, Recipe
 
 BUNDLED = ("dense", "sparse")
 HUB_REPO_ENV = "L2S_OPTIM_HUB_REPO"  # a Hub repo with dense/ and sparse/ folders, tried before the bundled weights
@@ -36,6 +43,10 @@ _RELEASE_TO_OURS = [
     (r"delta_head\.", "update_mlp."),
     (r"state_proj\.", "feature_proj."),
 ]
+WEIGHTS_FILE = "model.safetensors"
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one part of a Hub repo id
+_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".json")
+_CLAMP_RANGES = (("log_scale_min", "log_scale_max"), ("opacity_logit_min", "opacity_logit_max"), ("sh_min", "sh_max"))
 
 
 def bundled_path(name: str) -> Path:
@@ -51,9 +62,15 @@ def load_network(spec: str | os.PathLike | Learn2SplatNet, *, trust_pickle: bool
     ``model.safetensors``); a local ``.ckpt``/``.pt`` release checkpoint; a Hub repo id in our format
     (``owner/name``); or ``owner/name/path/in/repo.ckpt`` for a release checkpoint on the Hub
     (``autonomousvision/learn2splat`` alone means the authors' joint checkpoint). Downloads go
-    through ``huggingface_hub`` (cached; ``HF_HUB_OFFLINE=1`` honoured).
+    through ``huggingface_hub`` (cached; ``HF_HUB_OFFLINE=1`` honoured). A reference that looks like a
+    local path (see :func:`hub_reference`) and does not exist raises ``FileNotFoundError`` without a Hub
+    query. Configs and weights are checked before use (:func:`checked_config`, :func:`build_network`);
+    a network object's config and weights too.
     """
     if isinstance(spec, torch.nn.Module):
+        check_config(spec.config)
+        for key, value in spec.state_dict().items():
+            _check_weight(key, value)
         return spec
     text = os.fspath(spec)
     if text in BUNDLED:
@@ -63,9 +80,26 @@ def load_network(spec: str | os.PathLike | Learn2SplatNet, *, trust_pickle: bool
         return _load_folder(path)
     if path.is_file():
         if path.suffix == ".safetensors":
-            return _load_folder(path.parent)
+            return _load_folder(path.parent, path.name)
         return convert_release_checkpoint(path, trust_pickle=trust_pickle)
-    return _load_hub(text, trust_pickle=trust_pickle)
+    reference = hub_reference(text)
+    if reference is None:
+        raise FileNotFoundError(f"checkpoint {text!r} not found: no such file or folder (nor is it 'dense'/'sparse' "
+                                "or a Hub reference owner/name or owner/name/path.ckpt)")
+    return _load_hub(*reference, trust_pickle=trust_pickle)
+
+
+def hub_reference(spec: str) -> tuple[str, str] | None:
+    """``(repo_id, file)`` when ``spec`` reads as a Hub reference, ``owner/name`` (file ``""``) or
+    ``owner/name/path/in/repo.ckpt``; None when it looks like a local path: absolute, ``./``, ``~``,
+    backslashes, a first part that exists here, a file name in the repo id, a file other than ``.ckpt``
+    (so that a mistyped local path fails at once rather than after Hub retries)."""
+    parts = spec.split("/")
+    if (len(parts) < 2 or spec.startswith((".", "~")) or "\\" in spec or Path(parts[0]).exists()
+            or not all(_HUB_NAME.fullmatch(part) for part in parts[:2]) or parts[1].endswith(_FILE_SUFFIXES)):
+        return None
+    file = "/".join(parts[2:])
+    return None if file and not file.endswith(".ckpt") else ("/".join(parts[:2]), file)
 
 
 def _load_named(name: str) -> Learn2SplatNet:
@@ -87,28 +121,105 @@ def _load_named(name: str) -> Learn2SplatNet:
     )
 
 
-def _load_folder(folder: Path) -> Learn2SplatNet:
-    missing = [f for f in ("config.json", "model.safetensors") if not (folder / f).is_file()]
+def _load_folder(folder: Path, weights: str = WEIGHTS_FILE) -> Learn2SplatNet:
+    """Our format: ``config.json`` and the ``weights`` file (``model.safetensors``) of ``folder``."""
+    missing = [f for f in ("config.json", weights) if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a Learn2Splat checkpoint folder: missing {missing}")
     try:
-        net = Learn2SplatNet(NetConfig.from_dict(json.loads((folder / "config.json").read_text())))
-        net.load_state_dict(safetensors.torch.load_file(folder / "model.safetensors"), strict=True)
+        try:
+            config = checked_config(json.loads((folder / "config.json").read_text()))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"config.json: {err}") from err
+        try:
+            net = build_network(config, safetensors.torch.load_file(folder / weights))
+        except (ValueError, SafetensorError) as err:
+            raise ValueError(f"{weights}: {err}") from err
+        net.recipe = Recipe.load(folder)
     except (RuntimeError, ValueError, TypeError, OSError, SafetensorError) as err:
         raise ValueError(f"corrupt or mismatched Learn2Splat checkpoint in {folder}: {err}") from err
     return net
 
 
-def _load_hub(spec: str, *, trust_pickle: bool) -> Learn2SplatNet:
-    parts = spec.split("/")
-    if len(parts) < 2 or not all(parts):
-        raise FileNotFoundError(f"checkpoint {spec!r} is neither 'dense'/'sparse', a local path, nor a Hub repo id")
-    repo_id, file = "/".join(parts[:2]), "/".join(parts[2:])
+def _load_hub(repo_id: str, file: str, *, trust_pickle: bool) -> Learn2SplatNet:
+    """A Hub reference (see :func:`hub_reference`): a release checkpoint, or a repo in our format."""
     if repo_id == RELEASE_REPO and not file:
         file = RELEASE_FILE
     if file:
         return convert_release_checkpoint(hf_hub_download(repo_id, file), trust_pickle=trust_pickle)
-    return _load_folder(Path(snapshot_download(repo_id, allow_patterns=["config.json", "model.safetensors"])))
+    return _load_folder(Path(snapshot_download(repo_id, allow_patterns=["config.json", "model.safetensors", RECIPE_FILE])))
+
+
+# ---------------------------------------------------------------------------------- validation
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type ``hint`` of a :class:`NetConfig` field (no bool for a number)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_matches(value, h) for h in args)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value)
+    if hint in (int, float):
+        return isinstance(value, (int, hint)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def checked_config(values: Any) -> NetConfig:
+    """A :class:`NetConfig` from JSON ``values``, every field's type and range checked first
+    (``ValueError`` naming the field)."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"the network config must be a JSON object, got {type(values).__name__}")
+    hints = typing.get_type_hints(NetConfig)
+    for name, value in values.items():
+        if name in hints and not _matches(value, hints[name]):
+            raise ValueError(f"config field {name!r} must be of type {hints[name]}, got {value!r}")
+    config = NetConfig.from_dict(dict(values))
+    check_config(config)
+    return config
+
+
+def check_config(config: NetConfig) -> None:
+    """The ranges :class:`NetConfig` itself leaves unchecked: Adam's constants, update multipliers and
+    clamp ranges (``ValueError`` naming the field)."""
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"config field {name!r} must be in [0, 1), got {getattr(config, name)!r}")
+    if not (math.isfinite(config.adam_eps) and config.adam_eps > 0):
+        raise ValueError(f"config field 'adam_eps' must be a finite number > 0, got {config.adam_eps!r}")
+    if not (math.isfinite(config.max_log_multiplier) and config.max_log_multiplier >= 0):
+        raise ValueError(f"config field 'max_log_multiplier' must be a finite number >= 0, got {config.max_log_multiplier!r}")
+    if not all(math.isfinite(lr) and lr > 0 for lr in config.adam_lrs):
+        raise ValueError(f"config field 'adam_lrs' must be finite numbers > 0, got {config.adam_lrs!r}")
+    for low, high in _CLAMP_RANGES:
+        if not getattr(config, low) < getattr(config, high):
+            raise ValueError(f"config fields {low!r} < {high!r} required, got {getattr(config, low)!r} and "
+                             f"{getattr(config, high)!r}")
+    if config.feature_dim is not None and config.feature_dim < 1:
+        raise ValueError(f"config field 'feature_dim' must be None or >= 1, got {config.feature_dim!r}")
+
+
+def _check_weight(key: str, value: Any) -> None:
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        raise ValueError(f"weight {key!r} must be a floating-point tensor, got {getattr(value, 'dtype', type(value))}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"weight {key!r} contains NaN or Inf")
+
+
+def build_network(config: NetConfig, weights: Mapping[str, Any]) -> Learn2SplatNet:
+    """A network of a checked ``config`` holding ``weights``, which are checked first against the
+    architecture's names and shapes (built on the meta device: nothing is allocated for a config that
+    does not match) and for finiteness (``ValueError`` naming the weight)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Learn2SplatNet(config).state_dict().items()}
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"the weights do not match the architecture: missing {missing}, unexpected {unexpected}")
+    for key, shape in expected.items():
+        _check_weight(key, weights[key])
+        if tuple(weights[key].shape) != shape:
+            raise ValueError(f"weight {key!r} has shape {list(weights[key].shape)} but the config needs {list(shape)}")
+    net = Learn2SplatNet(config)
+    net.load_state_dict(weights)
+    return net
 
 
 # ----------------------------------------------------------------------------- release converter
@@ -122,9 +233,11 @@ def _read_checkpoint(path: str | os.PathLike, trust_pickle: bool) -> dict:
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(obj, dict):
-        raise TypeError(f"{path} is not a checkpoint dictionary")
-    return obj.get("state_dict", obj)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(state, dict):
+        raise TypeError(f"{path} is not a checkpoint: expected a dict of weights (or one under 'state_dict'), "
+                         f"got {type(state).__name__}")
+    return state
 
 
 def release_state_to_ours(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], NetConfig]:
@@ -134,8 +247,9 @@ def release_state_to_ours(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], 
     """
     ours = {}
     for key, value in state.items():
-        if not key.startswith(RELEASE_PREFIX):
+        if not (isinstance(key, str) and key.startswith(RELEASE_PREFIX)):
             continue
+        _check_weight(key, value)
         key = key[len(RELEASE_PREFIX) :]
         for old, new in _RELEASE_ALIASES.items():
             key = new + key[len(old) :] if key.startswith(old) else key
@@ -154,39 +268,48 @@ def release_state_to_ours(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], 
 
 
 def _infer_config(state: dict[str, Tensor]) -> NetConfig:
-    try:
-        width, input_dim = state["input_proj.weight"].shape
-        param_dim = (input_dim - width) // 2
-        coeffs = (param_dim - 11) // 3
-        depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-        feature = state.get("feature_proj.weight")
-        return NetConfig(
-            sh_degree=round(coeffs**0.5) - 1,
-            width=width,
-            depth=depth,
-            heads=1,  # the release uses one head and k = 4; neither is visible in the weights
-            attn_dim=state["blocks.0.attn.qkv.weight"].shape[0] // 3,
-            mlp_hidden=state["blocks.0.mlp.fc1.weight"].shape[0],
-            k=4,
-            feature_dim=None if feature is None else feature.shape[1],
-        )
-    except KeyError as err:
-        raise ValueError(f"release checkpoint is missing {err}") from err
+    """The release's architecture, from the shapes of its weights (then checked by :func:`build_network`)."""
+
+    def matrix(key: str) -> tuple[int, int]:
+        if key not in state or state[key].ndim != 2:
+            found = list(state[key].shape) if key in state else "nothing"
+            raise ValueError(f"the weight {key!r} (mapped from the release's names) must be a matrix, found {found}")
+        return state[key].shape
+
+    width, input_dim = matrix("input_proj.weight")
+    degrees = [d for d in range(4) if 2 * (11 + 3 * (d + 1) ** 2) + width == input_dim]
+    if not degrees:
+        raise ValueError(f"input_proj.weight is {width} x {input_dim}: no SH degree 0..3 gives {input_dim} inputs "
+                         f"for width {width}")
+    feature = state.get("feature_proj.weight")
+    return NetConfig(
+        sh_degree=degrees[0],
+        width=width,
+        depth=len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        heads=1,  # the release uses one head and k = 4; neither is visible in the weights
+        attn_dim=matrix("blocks.0.attn.qkv.weight")[0] // 3,
+        mlp_hidden=matrix("blocks.0.mlp.fc1.weight")[0],
+        k=4,
+        feature_dim=None if feature is None else feature.shape[1],
+    )
 
 
 def convert_release_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Learn2SplatNet:
-    """Load the authors' Lightning ``.ckpt`` into a :class:`Learn2SplatNet` (every key mapped, none left)."""
-    state, config = release_state_to_ours(_read_checkpoint(path, trust_pickle))
-    net = Learn2SplatNet(config)
-    result = net.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"release checkpoint {path} does not match the architecture: missing "
-                         f"{result.missing_keys}, unexpected {result.unexpected_keys}")
+    """Load the authors' Lightning ``.ckpt`` into a :class:`Learn2SplatNet` (every key mapped, none left),
+    with the release's training recipe (:data:`~l2s_optim.recipe.RELEASE_RECIPE`)."""
+    state = _read_checkpoint(path, trust_pickle)
+    try:
+        weights, config = release_state_to_ours(state)
+        net = build_network(config, weights)
+    except ValueError as err:
+        raise ValueError(f"release checkpoint {path}: {err}") from err
+    net.recipe = RELEASE_RECIPE
     return net
 
 
 def convert_main(argv: list[str] | None = None) -> None:
-    """``l2s-convert``: release ``.ckpt`` (local or Hub) -> our ``config.json`` + ``model.safetensors`` folder."""
+    """``l2s-convert``: release ``.ckpt`` (local or Hub) -> our ``config.json`` + ``model.safetensors`` +
+    ``recipe.json`` (the release's training recipe) folder."""
     parser = argparse.ArgumentParser(prog="l2s-convert", description=convert_main.__doc__)
     parser.add_argument("checkpoint", help=f"a local .ckpt, or owner/repo/path.ckpt on the Hub (e.g. {RELEASE_REPO})")
     parser.add_argument("out", type=Path, help="output folder")
@@ -195,4 +318,5 @@ def convert_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     net = load_network(args.checkpoint, trust_pickle=args.trust_pickle)
     net.save_pretrained(args.out)
-    print(f"wrote {args.out}/config.json and model.safetensors ({sum(p.numel() for p in net.parameters()):,} weights)")
+    print(f"wrote {args.out}/config.json, model.safetensors ({sum(p.numel() for p in net.parameters()):,} weights) "
+          f"and {RECIPE_FILE}: {net.recipe.describe()}")

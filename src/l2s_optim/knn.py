@@ -76,6 +76,19 @@ def available_backends(device: torch.device | str = "cpu", n: int | None = None)
     return [*found[:1], "grid", *found[1:]] if cpu else [*found, "grid"]
 
 
+def resolve_backend(backend: str, device: torch.device | str = "cpu", n: int | None = None) -> str:
+    """The backend that :func:`knn` uses for ``backend`` (``"auto"`` or one of :data:`BACKENDS`) and ``n``
+    points on ``device``; ``ValueError`` for an unknown or unavailable one."""
+    usable = available_backends(device, n)
+    if backend == "auto":
+        return usable[0]
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kNN backend {backend!r}; choose from {BACKENDS} or 'auto'")
+    if backend not in usable:
+        raise ValueError(f"kNN backend {backend!r} is not available for {torch.device(device)} points here")
+    return backend
+
+
 @functools.cache
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
@@ -98,13 +111,7 @@ def knn(points: Tensor, k: int, backend: str = "auto", chunk_bytes: int = 1 << 2
         raise ValueError(f"kNN needs 1 <= k <= N, got k={k} with N={n} points")
     if not torch.isfinite(points).all():
         raise ValueError("kNN points contain NaN or Inf")
-    usable = available_backends(points.device, n)
-    if backend == "auto":
-        backend = usable[0]
-    elif backend not in BACKENDS:
-        raise ValueError(f"unknown kNN backend {backend!r}; choose from {BACKENDS} or 'auto'")
-    elif backend not in usable:
-        raise ValueError(f"kNN backend {backend!r} is not available for {points.device} points here")
+    backend = resolve_backend(backend, points.device, n)
     pts = points.detach().float()
     if backend == "grid":
         return _self_first(_knn_grid(pts, k, max(1 << 16, chunk_bytes // 512)))

@@ -20,13 +20,17 @@ Two update rules (``NetConfig.update_rule``):
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
+
+from .recipe import Recipe
 
 # gsplat simple_trainer's default Adam learning rates (means: for a scene of scale 1)
 GSPLAT_LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
@@ -47,6 +51,9 @@ class NetConfig:
     mlp_hidden: int = 1024  # hidden width of each block's MLP
     k: int = 4  # neighbours per Gaussian, the Gaussian itself included
     feature_dim: int | None = None  # channels of feed-forward features (sparse setting), or None
+    # one more input channel per Gaussian: its phase log1p(step count) / 10 (l2s-optim's meta-training;
+    # the release has none)
+    phase_feature: bool = False
     magnitude_activation: str = "relu"  # "relu" as released; "softplus" cannot die during meta-training
     update_rule: str = "direct"  # "direct" as released, or "adam" (see the module doc)
     # update_rule "adam": base lrs of means (normalised scene), scales, quats, opacities, sh0, shN
@@ -96,7 +103,7 @@ class NetConfig:
 
     @property
     def input_dim(self) -> int:
-        return 2 * self.param_dim + self.width
+        return 2 * self.param_dim + self.width + int(self.phase_feature)
 
     @classmethod
     def from_dict(cls, values: dict) -> NetConfig:
@@ -122,16 +129,26 @@ class NeighbourAttention(nn.Module):
 
     def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
         """x [A,W]; neighbours [A,k] row indices into x; valid [A,k] bool (column 0 = self). Returns [A,W]."""
-        a, k = neighbours.shape
-        q, kv = self.qkv(x).split([self.proj.in_features, 2 * self.proj.in_features], dim=-1)  # [A,D], [A,2D]
-        gathered = kv.index_select(0, neighbours.reshape(-1)).view(a, k, 2, self.heads, -1)
-        key, value = gathered.unbind(2)  # [A,k,H,d] each
-        q = q.float().view(a, 1, self.heads, -1)
-        scores = (q * key.float()).sum(-1) * q.shape[-1] ** -0.5  # [A,k,H]
+        q, kv = self.queries_keys_values(x)
+        return self.attend(q, kv, neighbours, valid)
+
+    def queries_keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Queries [B,D] and keys and values [B,2D] of B rows x [B,W] (D = attn_dim, all heads)."""
+        q, kv = self.qkv(x).split([self.proj.in_features, 2 * self.proj.in_features], dim=-1)
+        return q, kv
+
+    def attend(self, q: Tensor, kv: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
+        """B query rows q [B,D] attend to their neighbours [B,k] (indices into the A rows of kv [A,2D]);
+        valid [B,k] masks padded slots. Returns the projected output [B,W]."""
+        b, k = neighbours.shape
+        gathered = kv.index_select(0, neighbours.reshape(-1)).view(b, k, 2, self.heads, -1)
+        key, value = gathered.unbind(2)  # [B,k,H,d] each
+        q = q.float().view(b, 1, self.heads, -1)
+        scores = (q * key.float()).sum(-1) * q.shape[-1] ** -0.5  # [B,k,H]
         scores = scores.masked_fill(~valid[:, :, None], float("-inf"))
         weights = scores.softmax(dim=1).to(value.dtype)
-        out = (weights[..., None] * value).sum(1)  # [A,H,d]
-        return self.proj(out.reshape(a, -1))
+        out = (weights[..., None] * value).sum(1)  # [B,H,d]
+        return self.proj(out.reshape(b, -1))
 
 
 class FeedForward(nn.Module):
@@ -155,8 +172,36 @@ class PointBlock(nn.Module):
         self.mlp = FeedForward(config.width, config.mlp_hidden)
 
     def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
+        """x [A,W]; neighbours, valid [A,k] (see :class:`NeighbourAttention`). Returns [A,W]."""
         x = x + self.attn(self.norm1(x), neighbours, valid)
         return x + self.mlp(self.norm2(x))
+
+    def forward_chunked_(self, x: Tensor, neighbours: Tensor, valid: Tensor, chunk_size: int) -> Tensor:
+        """:meth:`forward` written into ``x`` [A,W], ``chunk_size`` rows at a time (deployment, no autograd).
+
+        Keys and values of every row are computed first, chunk by chunk, into one [A,2D] buffer; then each
+        chunk's rows attend to them and run the MLP. Every row sees the same numbers as in :meth:`forward`;
+        the working memory is the buffer plus one chunk's activations instead of every row's.
+        """
+        kv = None
+        for rows in row_chunks(x.shape[0], chunk_size):
+            _, kv_rows = self.attn.queries_keys_values(self.norm1(x[rows]))
+            kv = kv_rows.new_empty(x.shape[0], kv_rows.shape[1]) if kv is None else kv
+            kv[rows] = kv_rows
+        for rows in row_chunks(x.shape[0], chunk_size):
+            q, _ = self.attn.queries_keys_values(self.norm1(x[rows]))
+            h = x[rows] + self.attn.attend(q, kv, neighbours[rows], valid[rows])
+            x[rows] = h + self.mlp(self.norm2(h))
+        return x
+
+
+def row_chunks(n: int, chunk_size: int) -> list[slice]:
+    """The fewest consecutive slices of at most ``chunk_size`` rows that cover ``range(n)``, of equal sizes
+    (within one row): no small tail chunk, whose matrix products could take another kernel's rounding
+    than the rest (on CPU, products of fewer than about 16 rows do)."""
+    count = -(-n // chunk_size)
+    bounds = [n * i // count for i in range(count + 1)]
+    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
 
 
 def _config_from_json(value: dict | NetConfig) -> NetConfig:
@@ -171,11 +216,15 @@ class Learn2SplatNet(
     coders={NetConfig: (asdict, _config_from_json)},
 ):
     """The meta-trained network. ``save_pretrained``/``from_pretrained``/``push_to_hub`` write and
-    read ``config.json`` + ``model.safetensors`` (Hugging Face Hub conventions)."""
+    read ``config.json`` + ``model.safetensors`` (Hugging Face Hub conventions); ``save_pretrained``
+    also writes ``recipe.json``, the :class:`~l2s_optim.recipe.Recipe` in ``recipe`` (the training loop
+    the weights were meta-trained for; ``Recipe()`` unless a loader set another), which
+    :func:`l2s_optim.load_network` reads back."""
 
     def __init__(self, config: NetConfig | dict | None = None) -> None:
         super().__init__()
         self.config = NetConfig() if config is None else _config_from_json(config)
+        self.recipe = Recipe()
         c = self.config
         self.input_proj = nn.Linear(c.input_dim, c.width)
         self.blocks = nn.ModuleList(PointBlock(c) for _ in range(c.depth))
@@ -193,6 +242,11 @@ class Learn2SplatNet(
             with torch.no_grad():
                 self.update_mlp[2].bias[-1] = 1e-8 if c.magnitude_activation == "relu" else math.log(math.expm1(1e-3))
 
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The Hub mixin's weights file, and ``recipe.json`` beside it."""
+        super()._save_pretrained(save_directory)
+        self.recipe.save(save_directory)
+
     def step_multipliers(self, update_out: Tensor) -> Tensor:
         """Update rule "adam": the multipliers of Adam's step, in [1/exp(m), exp(m)], from the Update
         MLP's output [A,P]."""
@@ -208,7 +262,8 @@ class Learn2SplatNet(
         return self.feature_proj(features)
 
     def forward(
-        self, params: Tensor, latent: Tensor, normalised_grads: Tensor, neighbours: Tensor, valid: Tensor
+        self, params: Tensor, latent: Tensor, normalised_grads: Tensor, neighbours: Tensor, valid: Tensor,
+        steps: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One learned update for A active Gaussians.
 
@@ -218,20 +273,37 @@ class Learn2SplatNet(
             normalised_grads: [A,P] Adam-normalised gradients, packed like ``params``.
             neighbours: [A,k] indices into the A rows (column 0 is the Gaussian itself).
             valid: [A,k] bool, False for padded neighbour slots.
+            steps: [A] steps taken by each Gaussian, this one included; required when
+                ``config.phase_feature`` (the network then reads ``log1p(steps) / 10``), else ignored.
 
         Returns:
             delta [A,P] in fp32 (parameters move by ``-lr * delta``) and the new latent state [A,W].
         """
-        p = self.config.param_dim
-        x_in = torch.cat([params, latent, normalised_grads], dim=-1)
-        x = self.input_proj(x_in)
+        x, scale = self.encode(params, latent, normalised_grads, steps)
         for block in self.blocks:
             x = block(x, neighbours, valid)
-        scale = self.state_scale(x_in.detach())
+        return self.decode(x, scale, normalised_grads), x.float()
+
+    def encode(
+        self, params: Tensor, latent: Tensor, normalised_grads: Tensor, steps: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The part of :meth:`forward` before the blocks, row by row: the projected input [B,W] and the
+        State Scale MLP's scale [B,1] of B rows (arguments as in :meth:`forward`)."""
+        inputs = [params, latent, normalised_grads]
+        if self.config.phase_feature:
+            if steps is None:
+                raise ValueError("this network reads each Gaussian's step count (phase_feature): pass steps")
+            inputs.append(torch.log1p(steps.float())[:, None].to(params.dtype) / 10)
+        x_in = torch.cat(inputs, dim=-1)
+        return self.input_proj(x_in), self.state_scale(x_in.detach())
+
+    def decode(self, x: Tensor, scale: Tensor, normalised_grads: Tensor) -> Tensor:
+        """The part of :meth:`forward` after the blocks, row by row: delta [B,P] (fp32) of B rows from the
+        blocks' output x [B,W], the scale [B,1] of :meth:`encode` and the normalised gradients [B,P]."""
+        p = self.config.param_dim
         out = self.update_mlp(scale * x).float()
         if self.config.update_rule == "adam":
-            return self.packed_adam_lrs * self.step_multipliers(out) * normalised_grads.float(), x.float()
+            return self.packed_adam_lrs * self.step_multipliers(out) * normalised_grads.float()
         direction, magnitude = out[:, :p], out[:, p:]
         length = F.relu(magnitude) if self.config.magnitude_activation == "relu" else F.softplus(magnitude)
-        delta = length * direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)
-        return delta, x.float()
+        return length * direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .knn import knn
-from .network import Learn2SplatNet, NetConfig
+from .network import Learn2SplatNet, NetConfig, row_chunks
 
 ROLES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 REQUIRED_ROLES = ROLES[:5]
@@ -73,7 +73,9 @@ def sh_degree_of(tensors: Mapping[str, Tensor]) -> int:
 def check_gaussians(tensors: Mapping[str, Tensor], what: str = "parameter") -> int:
     """Validate a role -> tensor mapping (parameters or gradients); return N.
 
-    Raises ``ValueError`` naming the missing role, the wrong shape or the mismatched N.
+    Raises ``ValueError`` naming the missing role, the wrong shape or the mismatched N, and ``TypeError``
+    for a dtype other than float32/float64 (integers cannot be stepped; in float16/bfloat16 Adam's
+    moments and ``eps`` underflow).
     """
     missing = [r for r in REQUIRED_ROLES if r not in tensors]
     if missing:
@@ -84,6 +86,9 @@ def check_gaussians(tensors: Mapping[str, Tensor], what: str = "parameter") -> i
         if t.ndim == 0 or t.shape[0] != n:
             raise ValueError(f"{what} {role!r} has shape {list(t.shape)} but means has N={n} rows; "
                              "every attribute must have the same number of Gaussians first")
+        if t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{what} {role!r} has dtype {t.dtype}: Learn2Splat steps float32 or float64 Gaussians "
+                            "(keep them in float32 and autocast the renderer instead)")
         allowed = _ROW_SHAPES.get(role)
         if allowed is not None and tuple(t.shape[1:]) not in allowed:
             raise ValueError(f"{what} {role!r} must be [N,{','.join(map(str, allowed[-1]))}], got {list(t.shape)}")
@@ -101,11 +106,34 @@ def active_rows(grads: Mapping[str, Tensor]) -> Tensor:
     n = grads["means"].shape[0]
     active = torch.zeros(n, dtype=torch.bool, device=grads["means"].device)
     for role, g in grads.items():
-        peak = g.reshape(n, -1).abs().amax(1)  # NaN and Inf survive the max
+        peak = row_peaks(g)
         if not torch.isfinite(peak).all():
             raise ValueError(f"gradient of {role!r} contains NaN or Inf; parameters and state left unchanged")
         active |= peak > 0
     return active
+
+
+def row_peaks(t: Tensor) -> Tensor:
+    """[N] the largest magnitude in each row of ``t`` [N,...]; NaN and Inf survive the max."""
+    return t.detach().reshape(t.shape[0], math.prod(t.shape[1:])).abs().amax(1)
+
+
+def _first_rows(rows: Tensor, shown: int = 5) -> str:
+    listed = ", ".join(map(str, rows[:shown].tolist()))
+    return f"[{listed}{', ...' if rows.numel() > shown else ''}]"
+
+
+def check_finite_rows(tensors: Mapping[str, Tensor], rows: Tensor | None, what: str = "parameter") -> None:
+    """Refuse NaN/Inf in the ``rows`` ([N] bool; None: every row) of role -> [N,...] tensors, the rows a
+    step will read: ``ValueError`` naming the attribute and the rows. One pass per tensor, one host sync."""
+    read = True if rows is None else rows
+    bad = {r: ~torch.isfinite(row_peaks(t)) & read for r, t in tensors.items()}
+    flags = torch.stack([b.any() for b in bad.values()]).tolist()
+    for (role, b), flag in zip(bad.items(), flags):
+        if flag:
+            at = b.nonzero().squeeze(1)
+            raise ValueError(f"{what} {role!r} contains NaN or Inf in {at.numel()} Gaussian(s) to be read, rows "
+                             f"{_first_rows(at)}; parameters and state left unchanged")
 
 
 def _views(packed: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -116,24 +144,18 @@ def _views(packed: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
 
 
 def pack(tensors: Mapping[str, Tensor], sh_coeffs: int) -> Tensor:
-    """Pack role -> [N,...] tensors into [N,P] rows in the network's layout (see module doc), written
-    in one pass into a new tensor."""
+    """Pack role -> [N,...] tensors into [N,P] rows in the network's layout (see module doc), a new
+    tensor (differentiable w.r.t. the inputs)."""
     n = tensors["means"].shape[0]
     dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors.values()))
-    packed = tensors["means"].new_empty(n, 11 + 3 * sh_coeffs, dtype=dtype)
-    means, scales, quats, opacities, sh = _views(packed)
-    means.copy_(tensors["means"])
-    scales.copy_(tensors["scales"])
-    quats[:, :3].copy_(tensors["quats"][:, 1:])  # w, x, y, z -> x, y, z, w
-    quats[:, 3].copy_(tensors["quats"][:, 0])
-    opacities.copy_(tensors["opacities"].reshape(n, 1))
-    sh[:, :1].copy_(tensors["sh0"])
-    coeffs = 1
-    if "shN" in tensors:
-        coeffs += tensors["shN"].shape[1]
-        sh[:, 1:coeffs].copy_(tensors["shN"])
-    sh[:, coeffs:].zero_()  # a lower SH degree than the network's
-    return packed
+    quats = tensors["quats"]
+    sh = [tensors["sh0"]] + ([tensors["shN"]] if "shN" in tensors else [])
+    missing = sh_coeffs - sum(t.shape[1] for t in sh)  # a lower SH degree than the network's
+    if missing:
+        sh.append(quats.new_zeros(n, missing, 3, dtype=dtype))
+    sh_rows = torch.cat([t.to(dtype) for t in sh], dim=1).transpose(1, 2).reshape(n, 3 * sh_coeffs)  # channel-major
+    parts = [tensors["means"], tensors["scales"], quats[:, 1:], quats[:, :1], tensors["opacities"].reshape(n, 1)]
+    return torch.cat([t.to(dtype) for t in parts] + [sh_rows], dim=1)  # quaternion w, x, y, z -> x, y, z, w
 
 
 def unpack(packed: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -168,8 +190,9 @@ def take(t: Tensor, idx: Tensor | None) -> Tensor:
 
 
 def put(full: Tensor, rows: Tensor, idx: Tensor | None, in_place: bool) -> Tensor:
-    """``full`` [N,...] with its rows ``idx`` (None: every row) set to ``rows`` [A,...]: written into
-    ``full``, or returned as a new tensor (differentiable w.r.t. ``rows``)."""
+    """``full`` [N,...] with its rows ``idx`` (None: every row) set to ``rows`` [A,...] (cast to ``full``'s
+    dtype): written into ``full``, or returned as a new tensor (differentiable w.r.t. ``rows``)."""
+    rows = rows.to(full.dtype)
     if in_place:
         return full.copy_(rows) if idx is None else full.index_copy_(0, idx, rows)
     return rows.contiguous() if idx is None else full.index_put((idx,), rows)
@@ -277,6 +300,27 @@ class StepResult:
     normalised: dict[str, Tensor]  # role -> [A,...] the Adam-normalised gradients the network saw
 
 
+def check_finite_step(result: StepResult, inputs: Mapping[str, Tensor], idx: Tensor | None) -> None:
+    """Refuse a step whose new rows (parameters, moments, latent) are not all finite: finite but extreme
+    inputs (a log-scale of 1e30) overflow the network, and the attention spreads that row's NaN to its
+    neighbours. ``ValueError`` naming the rows (``idx`` maps them to the N Gaussians; None: identity) and
+    the largest input magnitude among them (``inputs``: role -> [A,...] the parameters stepped)."""
+    new = result.state
+    outputs = [*result.params.values(), *new.exp_avg.values(), *new.exp_avg_sq.values(), new.latent]
+    finite = torch.stack([torch.isfinite(row_peaks(t)) for t in outputs]).all(0)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero().squeeze(1)
+    peaks = {r: row_peaks(t)[bad].max(0) for r, t in inputs.items()}
+    role = max(peaks, key=lambda r: peaks[r].values.item())
+    rows = take(idx, bad) if idx is not None else bad
+    raise ValueError(
+        f"this step would write NaN or Inf into {bad.numel()} Gaussian(s), rows {_first_rows(rows)}: their inputs "
+        f"overflow the network (the largest is |{role}| = {peaks[role].values.item():.3g} at row "
+        f"{rows[peaks[role].indices].item()}); parameters and state left unchanged"
+    )
+
+
 def learned_step(
     net: Learn2SplatNet,
     params: Mapping[str, Tensor],
@@ -295,21 +339,113 @@ def learned_step(
         lrs: role -> multiplier of that role's update (1.0 = as meta-trained).
         autocast: the network's autocast policy (see :func:`autocast_policy`).
     """
-    config = net.config
+    rows = prepare_rows(net.config, params, grads, state)
+    net_dtype = next(net.parameters()).dtype
+    with network_autocast(autocast, rows.x.device):
+        delta, latent = net(rows.x.to(net_dtype), state.latent.to(net_dtype), rows.normalised.to(net_dtype), *graph,
+                            steps=rows.count["means"])
+    updated = updated_rows(net.config, rows.x, delta, params, lrs)
+    return StepResult(unpack(updated, params), rows.new_state(state, latent.to(state.latent.dtype)),
+                      unpack(rows.normalised, grads))
+
+
+@dataclass
+class PreparedRows:
+    """B rows packed for the network (layout of :func:`pack`), their Adam moments already updated."""
+
+    x: Tensor  # [B,P] raw parameters
+    exp_avg: Tensor  # [B,P] first moments, this step's gradient included
+    exp_avg_sq: Tensor  # [B,P] second moments
+    count: dict[str, Tensor]  # role -> [B] Adam steps, this one included
+    normalised: Tensor  # [B,P] Adam-normalised gradients
+
+    def new_state(self, state: GaussianState, latent: Tensor) -> GaussianState:
+        """The rows' new state: these moments and counters (shaped like ``state``'s) and ``latent`` [B,W]."""
+        return GaussianState(unpack(self.exp_avg, state.exp_avg), unpack(self.exp_avg_sq, state.exp_avg_sq), self.count,
+                             latent)
+
+
+def prepare_rows(
+    config: NetConfig, params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state: GaussianState
+) -> PreparedRows:
+    """Pack B rows (role -> [B,...] parameters and gradients, their state) and take Adam's moment step;
+    nothing given is modified."""
     sh = config.sh_coeffs
-    x = pack(params, sh)
     count = {r: c + 1 for r, c in state.count.items()}
     exp_avg, exp_avg_sq = pack(state.exp_avg, sh), pack(state.exp_avg_sq, sh)
     normalised = adam_normalise_(pack(grads, sh), exp_avg, exp_avg_sq, bias_corrections(count, grads, config), config)
+    return PreparedRows(pack(params, sh), exp_avg, exp_avg_sq, count, normalised)
+
+
+def network_autocast(policy: Autocast, device: torch.device) -> torch.autocast:
+    """The autocast context the network runs in on ``device`` under ``policy`` (see :func:`autocast_dtype`)."""
+    dtype = autocast_dtype(policy, device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def updated_rows(
+    config: NetConfig, x: Tensor, delta: Tensor, like: Mapping[str, Tensor], lrs: Mapping[str, float]
+) -> Tensor:
+    """Packed rows x [B,P] moved by ``-lr * delta`` (delta [B,P], lr per role of ``like``) and clamped."""
+    lr = pack_broadcast({r: x.new_tensor([lrs[r]]) for r in like}, like, config.sh_coeffs)
+    return torch.addcmul(x, lr, delta.to(x.dtype), value=-1).clamp_(*clamp_bounds(config, like))
+
+
+def learned_step_chunked_(
+    net: Learn2SplatNet,
+    params: Mapping[str, Tensor],
+    grads: Mapping[str, Tensor],
+    state: GaussianState,
+    idx: Tensor | None,
+    graph: tuple[Tensor, Tensor],
+    lrs: Mapping[str, float],
+    autocast: Autocast,
+    chunk_size: int,
+) -> None:
+    """:func:`learned_step` of the rows ``idx`` [A] (None: all N), written into ``params`` and ``state`` (N
+    rows) ``chunk_size`` rows at a time: deployment only (no autograd), the same numbers in bounded memory.
+
+    Everything but the attention is row by row, so it runs per chunk: first packing, Adam's moment step
+    (written into ``state``) and the network's input projection; then the blocks, each over all rows
+    chunk by chunk (:meth:`~l2s_optim.network.PointBlock.forward_chunked_`); then the Update MLP and the
+    parameter update. Besides one chunk's temporaries it holds the A rows' block activations [A,W],
+    state scales [A,1] and normalised gradients [A,P], and one block's keys and values [A,2D].
+
+    Args:
+        params, grads: role -> [N,...]; state: the N rows' state, fresh rows of ``idx`` already given
+            their initial latent.
+        graph: neighbours [A,k] (indices into the A rows) and valid [A,k].
+    """
+    config = net.config
     net_dtype = next(net.parameters()).dtype
-    dtype = autocast_dtype(autocast, x.device)
-    with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        delta, latent = net(x.to(net_dtype), state.latent.to(net_dtype), normalised.to(net_dtype), *graph)
-    lr = pack_broadcast({r: x.new_tensor([lrs[r]]) for r in params}, params, sh)
-    updated = torch.addcmul(x, lr, delta.to(x.dtype), value=-1).clamp_(*clamp_bounds(config, params))
-    new_state = GaussianState(unpack(exp_avg, state.exp_avg), unpack(exp_avg_sq, state.exp_avg_sq), count,
-                              latent.to(state.latent.dtype))
-    return StepResult(unpack(updated, params), new_state, unpack(normalised, grads))
+    device = params["means"].device
+    a = params["means"].shape[0] if idx is None else idx.shape[0]
+    chunks = row_chunks(a, chunk_size)
+    at = [torch.arange(c.start, c.stop, device=device) if idx is None else idx[c] for c in chunks]
+    x = scale = normalised = None
+    for c, rows_at in zip(chunks, at):
+        rows = state.rows(rows_at)
+        prepared = prepare_rows(config, {r: take(p, rows_at) for r, p in params.items()},
+                                {r: take(g, rows_at) for r, g in grads.items()}, rows)
+        with network_autocast(autocast, device):
+            x_rows, scale_rows = net.encode(prepared.x.to(net_dtype), rows.latent.to(net_dtype),
+                                            prepared.normalised.to(net_dtype), steps=prepared.count["means"])
+        if x is None:
+            x, scale = x_rows.new_empty(a, x_rows.shape[1]), scale_rows.new_empty(a, 1)
+            normalised = prepared.normalised.new_empty(a, prepared.normalised.shape[1])
+        x[c], scale[c], normalised[c] = x_rows, scale_rows, prepared.normalised
+        state.put_rows(prepared.new_state(rows, rows.latent), rows_at, in_place=True)
+    with network_autocast(autocast, device):
+        for block in net.blocks:
+            block.forward_chunked_(x, *graph, chunk_size)
+    for c, rows_at in zip(chunks, at):
+        param_rows = {r: take(p, rows_at) for r, p in params.items()}
+        with network_autocast(autocast, device):
+            delta = net.decode(x[c], scale[c], normalised[c].to(net_dtype))
+        updated = unpack(updated_rows(config, pack(param_rows, config.sh_coeffs), delta, param_rows, lrs), param_rows)
+        for r, p in params.items():
+            put(p, updated[r], rows_at, in_place=True)
+        put(state.latent, x[c].float().to(state.latent.dtype), rows_at, in_place=True)
 
 
 def knn_graph(means: Tensor, k: int, backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -325,7 +461,7 @@ class AppliedStep:
     params: dict[str, Tensor]  # role -> [N,...] (the given tensors when written in place)
     state: GaussianState  # [N] rows
     active: Tensor | None  # [A] indices of the stepped rows; None when every row was stepped
-    rows: StepResult  # the stepped rows' update
+    rows: StepResult | None  # the stepped rows' update; None when chunked (never held for all rows at once)
 
 
 def apply_learned_step(
@@ -340,6 +476,8 @@ def apply_learned_step(
     lrs: Mapping[str, float] | None = None,
     autocast: Autocast = "auto",
     in_place: bool = False,
+    chunk_size: int | None = None,
+    validate: bool = False,
 ) -> AppliedStep | None:
     """One learned step of the ``active`` Gaussians from their optimizer state: the one driver of
     ``Learn2Splat.step`` and of meta-training's inner step.
@@ -359,6 +497,10 @@ def apply_learned_step(
         autocast: the network's autocast policy (see :func:`autocast_policy`).
         in_place: write into ``params`` and ``state`` (deployment, without autograd) instead of
             returning new tensors (meta-training: differentiable through the network and the latent).
+        chunk_size: with ``in_place``, step more active rows than this with :func:`learned_step_chunked_`
+            (bounded memory, the same result); None: never chunk.
+        validate: refuse (:func:`check_finite_step`, before anything is written) a step whose new rows
+            would not be finite; the chunked path writes as it goes and is not checked.
 
     Returns:
         The new parameters and state, or None when no row is active.
@@ -366,13 +508,23 @@ def apply_learned_step(
     idx = None if bool(active.all()) else active.nonzero().squeeze(1)
     if idx is not None and idx.numel() == 0:
         return None
+    graph = knn_graph(take(params["means"], idx), net.config.k) if neighbours is None else neighbours(idx)
+    if in_place and chunk_size is not None and graph[0].shape[0] > chunk_size:
+        fresh = state.fresh_rows()
+        fresh = fresh if idx is None else fresh[active[fresh]]
+        if fresh.numel():  # in row order, as below
+            state.latent.index_copy_(0, fresh, fresh_latent(fresh.numel()).to(state.latent.dtype))
+        learned_step_chunked_(net, params, grads, state, idx, graph, lrs or dict.fromkeys(params, 1.0), autocast,
+                              chunk_size)
+        return AppliedStep(dict(params), state, idx, None)
     rows = state.rows(idx)
     fresh = rows.fresh_rows()
     if fresh.numel():
         rows = replace(rows, latent=rows.latent.index_put((fresh,), fresh_latent(fresh.numel())))
     param_rows = {r: take(p, idx) for r, p in params.items()}
-    graph = knn_graph(param_rows["means"], net.config.k) if neighbours is None else neighbours(idx)
     result = learned_step(net, param_rows, {r: take(g, idx) for r, g in grads.items()}, rows, graph,
                           lrs or dict.fromkeys(params, 1.0), autocast)
+    if validate:
+        check_finite_step(result, param_rows, idx)
     new_params = {r: put(p, result.params[r], idx, in_place) for r, p in params.items()}
     return AppliedStep(new_params, state.put_rows(result.state, idx, in_place), idx, result)

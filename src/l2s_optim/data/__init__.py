@@ -29,4 +29,9 @@ def load_scene(path: str | Path, *, factor: int = 1, test_every: int = 8,
         scene = load_transforms(root, factor=factor, test_every=test_every, background=background)
     else:
         raise ValueError(f"{root} is neither a COLMAP folder (sparse/) nor a transforms.json scene")
-    return scene.normalized() if normalize else scene
+    if not normalize:
+        return scene
+    try:
+        return scene.normalized()
+    except ValueError as err:
+        raise ValueError(f"{root}: {err}") from err

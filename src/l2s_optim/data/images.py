@@ -10,16 +10,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# greyscale modes of more than 8 bits (16-bit PNGs open as "I;16"), by their white level
+_HIGH_DEPTH_WHITE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+def check_factor(factor: int) -> None:
+    """Refuse an image downscale factor that is not a positive integer."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"the image downscale factor must be an integer >= 1, got {factor!r}")
+
 
 def read_image(path: Path, factor: int, background: tuple[float, float, float]) -> Tensor:
-    """[H/factor, W/factor, 3] float in [0,1]; RGBA is composited onto ``background``."""
+    """[H/factor, W/factor, 3] float in [0,1]; RGBA is composited onto ``background``; 16-bit greyscale
+    is scaled by its own white level (65535), not clipped to 8 bits."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("RGB")
+        white = _HIGH_DEPTH_WHITE.get(im.mode, 255.0)
+        if im.mode in _HIGH_DEPTH_WHITE:
+            im = im.convert("F")
+        else:
+            im = im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("RGB")
         if factor > 1:
             im = im.resize((im.width // factor, im.height // factor), Image.Resampling.BOX)
-        array = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+        pixels = np.asarray(im, dtype=np.float32) / white
+    array = torch.from_numpy(pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=-1))
     if array.shape[-1] == 4:
         rgb, alpha = array[..., :3], array[..., 3:]
         array = rgb * alpha + (1 - alpha) * torch.tensor(background)
@@ -49,6 +64,28 @@ def undistort(image: Tensor, K: Tensor, radial: tuple[float, ...], tangential: t
     grid = torch.stack([2 * u / w - 1, 2 * v / h - 1], -1)[None].float()
     out = F.grid_sample(image.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out[0].permute(1, 2, 0)
+
+
+def check_intrinsics(K: Tensor, where: str) -> None:
+    """Refuse a pinhole ``K`` [3,3] with a non-finite entry or a focal length <= 0 (``ValueError`` naming
+    ``where``, the file and camera it came from)."""
+    if not bool(torch.isfinite(K).all()) or not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f"{where}: invalid intrinsics (focal lengths must be > 0 and every entry finite), K = "
+                         f"{K.tolist()}")
+
+
+def stack_images(images: list[Tensor], names: list[str], where: str) -> Tensor:
+    """[V,H,W,3] from finite images of one size; ``ValueError`` naming the first image of another size or
+    with NaN/Inf pixels (from extreme distortion coefficients)."""
+    broken = [name for name, image in zip(names, images) if not bool(torch.isfinite(image).all())]
+    if broken:
+        raise ValueError(f"{where}: image {broken[0]} has NaN or Inf pixels once undistorted (check its camera's "
+                         "distortion coefficients)")
+    odd = [i for i, image in enumerate(images) if image.shape != images[0].shape]
+    if odd:
+        raise ValueError(f"{where}: images differ in size ({names[0]} is {list(images[0].shape[:2])}, {names[odd[0]]} "
+                         f"is {list(images[odd[0]].shape[:2])}, {len(odd)} differ); batch rendering needs one size")
+    return torch.stack(images)
 
 
 def warn_unsupported_distortion(model: str) -> None:

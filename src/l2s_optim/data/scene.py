@@ -87,7 +87,11 @@ class Scene:
         at distance 1 (the scale Learn2Splat's clamps and gsplat's default learning rates expect)."""
         centers = self.camera_centers
         center = centers.mean(0)
-        scale = 1.0 / (centers - center).norm(dim=-1).max().clamp_min(1e-8)
+        spread = (centers - center).norm(dim=-1).max()
+        if not spread > 1e-6 * max(1.0, center.abs().max().item()):
+            raise ValueError(f"cannot normalise a scene whose {len(centers)} camera centre(s) coincide (spread "
+                             f"{spread.item():.3g}): there is no scale to normalise by; pass normalize=False")
+        scale = 1.0 / spread
         # world' = scale * (world - center); w2c' keeps the rotation, t' = scale * (t + R center)
         viewmats = self.viewmats.clone()
         viewmats[:, :3, 3] = scale * (self.viewmats[:, :3, 3] + self.viewmats[:, :3, :3] @ center)

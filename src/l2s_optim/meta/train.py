@@ -1,11 +1,15 @@
-"""``l2s-meta-train``: meta-train the Learn2Splat network, as published, at any scale.
+"""``l2s-meta-train``: meta-train the Learn2Splat network at any scale.
 
-Each meta-iteration starts a scene fresh from its initialiser or from the checkpoint buffer,
-unrolls the learned optimizer for tau ~ U[1, max_tau] inner steps on batches of context views and
-scores every inner step on held-out target views and a few context views (L1 + SSIM term, weight
-0.9^(tau-1-i)), with the deltas penalty and the stability loss. Gaussians are detached between inner
-steps; the meta-gradient crosses steps through the latent state. Afterwards a rollout advances the
-scene by U[1, max] steps with the current (frozen) network and the state returns to the buffer.
+Each meta-iteration starts a scene fresh from its initialiser (optionally advanced by Adam) or from
+the checkpoint buffer, unrolls the learned optimizer for tau ~ U[1, max_tau] inner steps on batches
+of context views and scores every inner step on held-out target views and a few context views
+(L1 + SSIM term; by default its log, so that a relative gain counts alike early and late; weight
+0.9^(tau-1-i)), with the deltas penalty and the stability loss. The Gaussians stay in the meta-graph
+across inner steps (the inner gradients are constants), so a later step's loss pays for an earlier
+step's overshoot: the answer to the short-horizon bias of greedy per-step credit, which
+``--no-param-path`` restores (Gaussians detached between inner steps, the meta-gradient crossing
+steps only through the latent state). Afterwards a rollout advances the scene by U[1, max] steps with
+the current (frozen) network and the state returns to the buffer.
 
 Distributed: under ``torchrun`` each rank meta-trains on its own scenes and gradients are averaged
 (gloo on CPU, nccl on GPU). Progress bar, CSV (and TensorBoard when installed) logs, exact resume
@@ -19,6 +23,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,9 +32,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..data import Scene, dense_init, load_scene, sparse_init, synthetic_scene
+from ..cli import HelpFormatter, bounded, non_negative_float, non_negative_int, positive_float, positive_int
+from ..data import Scene, dense_init, load_scene, random_init, sparse_init, synthetic_scene
 from ..losses import photometric_loss, psnr, ssim
 from ..network import Learn2SplatNet, NetConfig
+from ..recipe import Recipe
 from ..render import render_splats
 from ..step import AUTOCAST, Autocast, GaussianState, active_rows, apply_learned_step, autocast_policy, take
 from .buffer import CheckpointBuffer, SceneState
@@ -44,7 +51,15 @@ class MetaConfig:
     lr: float = 5e-4  # AdamW, one-cycle cosine with 1% warm-up
     weight_decay: float = 0.01
     grad_clip: float = 0.5
-    max_tau: int = 6
+    max_tau: int = 20
+    # keep each inner step's parameters in the meta-graph (gradients of the inner loss are constants, as
+    # in first-order learned-optimizer training), so a later step's loss pays for an earlier overshoot;
+    # False detaches the Gaussians between inner steps (the meta-gradient then crosses steps only
+    # through the latent state and every step is scored greedily)
+    param_path: bool = True
+    # score each inner step by the log of its error: the same relative gain counts the same early and
+    # late in an optimisation (equal to the log-ratio to a fixed baseline's error, e.g. Adam's)
+    log_loss: bool = True
     rollout_max: int = 50  # grows linearly from 1 over the first rollout_warmup of the iterations
     rollout_warmup: float = 0.1
     context_views: int = 1  # views per inner step (gsplat's trainer and l2s-bench step on one view)
@@ -61,6 +76,7 @@ class MetaConfig:
     adam_warm_start_max: int = 1000
     procedural_scenes: int = 8  # per rank
     procedural_size: int = 40
+    random_gaussians: int = 3000  # random init of the real scenes without SfM points (dense setting)
     scene_dirs: list[str] = field(default_factory=list)
     scene_factor: int = 8
     seed: int = 0
@@ -101,7 +117,9 @@ class MetaTrainer:
     def _fresh_state(self) -> SceneState:
         index = self._randint(0, len(self.scenes) - 1)
         scene = self.scenes[index]
-        if self.config.setting == "dense":
+        if self.config.setting == "dense" and scene.points is None:
+            splats = random_init(scene, n=self.config.random_gaussians, seed=self._randint(0, 10**6))
+        elif self.config.setting == "dense":
             fraction = 0.1 + 0.9 * torch.rand((), generator=self.generator).item()
             splats = dense_init(scene, fraction=fraction, seed=self._randint(0, 10**6))
         else:
@@ -141,14 +159,15 @@ class MetaTrainer:
         enter detached."""
         net = net or self.net
         scene = self.scenes[state.scene]
-        params = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
+        leaves = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
         with torch.enable_grad():
-            loss = photometric_loss(self._render(params, scene, views), scene.images[views])
-            grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-        detached = {k: v.detach() for k, v in params.items()}
+            loss = photometric_loss(self._render(leaves, scene, views), scene.images[views])
+            grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+        detached = {k: v.detach() for k, v in leaves.items()}
+        params = state.params if differentiable and self.config.param_path else detached
         with torch.set_grad_enabled(differentiable):
             applied = apply_learned_step(
-                net, detached, grads,
+                net, params, grads,
                 GaussianState(state.exp_avg, state.exp_avg_sq, state.count, state.latent), active_rows(grads),
                 fresh_latent=self._fresh_latent, autocast=self.config.autocast,
             )
@@ -158,7 +177,7 @@ class MetaTrainer:
         new_state = SceneState(state.scene, applied.params, new.exp_avg, new.exp_avg_sq, new.count, new.latent,
                                state.steps + 1)
         rows = applied.rows
-        aux = {"delta": {k: take(v, applied.active) - rows.params[k] for k, v in detached.items()},
+        aux = {"delta": {k: take(v, applied.active) - rows.params[k] for k, v in params.items()},
                "normalised": rows.normalised, "raw": {k: take(g, applied.active) for k, g in grads.items()}}
         return new_state, aux
 
@@ -194,7 +213,8 @@ class MetaTrainer:
             state, aux = self.inner_step(state, context, differentiable=True)
             scored = torch.cat([targets, context[: c.context_in_meta_loss]])
             l1, per_view = self._view_errors(state.params, scene, scored)
-            image_loss = image_loss + 0.9 ** (tau - 1 - i) * per_view.mean()
+            error = per_view.mean()
+            image_loss = image_loss + 0.9 ** (tau - 1 - i) * (error.clamp_min(1e-6).log() if c.log_loss else error)
             stability_loss = stability_loss + torch.relu(l1[: len(targets)] - previous_l1).sum()
             previous_l1 = l1[: len(targets)].detach()
             if self.iteration >= c.deltas_after:
@@ -258,6 +278,13 @@ class MetaTrainer:
         self.buffer.load_state_dict(saved["buffer"])
         self.generator.set_state(saved["generator"])
         self.iteration, self.seconds = saved["iteration"], saved["seconds"]
+        if self.log_path().is_file():  # rows logged after the saved state (an interrupted run) are redone
+            rows = self.log_path().read_text().splitlines(keepends=True)
+            self.log_path().write_text("".join(rows[: 1 + self.iteration]))
+
+    def log_path(self) -> Path:
+        """The CSV log: a header, then one row per meta-iteration."""
+        return self.out / f"log_rank{self.rank}.csv"
 
     # ------------------------------------------------------------------------------ the loop
     def train(self, progress: bool = True, until: int | None = None) -> None:
@@ -265,7 +292,7 @@ class MetaTrainer:
         from tqdm.auto import tqdm
 
         c = self.config
-        log_path = self.out / f"log_rank{self.rank}.csv"
+        log_path = self.log_path()
         writer = _tensorboard(self.out) if self.rank == 0 else None
         bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress or self.rank != 0, desc="meta")
         while self.iteration < min(c.iterations, until or c.iterations):
@@ -293,21 +320,37 @@ class MetaTrainer:
     def weights_checksum(self) -> float:
         return float(sum(p.double().sum() for p in self.net.parameters()))
 
-    def finish(self) -> Path:
-        """Save ``model/`` (config.json, model.safetensors, README.md model card)."""
+    def finish(self, command: str = "") -> Path:
+        """Save ``model/``: config.json, model.safetensors and a model card (README.md with the Hub's
+        YAML metadata) stating the data (scene folder names only), the command, the meta-iterations
+        and the wall-clock."""
+        from huggingface_hub import ModelCard, ModelCardData
+
         folder = self.out / "model"
+        c = self.config
+        # the loop of inner_step: c.context_views views per gradient, black background, normalised
+        # world, every SH band, the default rasterizer and loss (Recipe's defaults)
+        self.net.recipe = Recipe(views_per_step=c.context_views)
         self.net.save_pretrained(folder)
-        card = {"setting": self.config.setting, "meta_iterations": self.iteration, "wall_clock_seconds": round(self.seconds),
-                "ranks": self.world, "device": str(self.device), "config": asdict(self.config),
-                "network": asdict(self.net.config)}
-        (folder / "README.md").write_text(
-            "# Learn2Splat network meta-trained with l2s-optim\n\n"
-            f"Setting: {self.config.setting}. Data: {self.config.procedural_scenes} procedural scenes per rank"
-            f"{', plus the training views of ' + ', '.join(self.config.scene_dirs) if self.config.scene_dirs else ''}.\n"
-            f"Meta-iterations: {self.iteration}, wall-clock {self.seconds / 60:.1f} min on {self.world} x {self.device}.\n\n"
-            "Benchmark numbers: see the l2s-optim README (measured with `l2s-bench`).\n\n"
-            "```json\n" + json.dumps(card, indent=1) + "\n```\n"
-        )
+        scenes = [Path(d).name for d in c.scene_dirs]
+        config = {**asdict(c), "scene_dirs": scenes}
+        metadata = ModelCardData(license="mit", library_name="l2s-optim", pipeline_tag="other",
+                                 tags=["gaussian-splatting", "3dgs", "learned-optimizer", "gsplat"])
+        text = "\n".join([
+            "---", metadata.to_yaml(), "---", "",
+            "# Learn2Splat network meta-trained with l2s-optim", "",
+            ("A learned optimizer for 3D Gaussian Splatting ([Learn2Splat](https://arxiv.org/abs/2605.15760)), "
+             "used through `l2s_optim.Learn2Splat`."), "",
+            f"- Setting: {c.setting}.",
+            f"- Data: {c.procedural_scenes} procedural scenes per rank"
+            + (f", plus the training views of {', '.join(scenes)} (image factor {c.scene_factor})." if scenes else "."),
+            (f"- Meta-iterations: {self.iteration} of a {c.iterations}-iteration schedule; wall-clock "
+             f"{self.seconds / 60:.1f} min on {self.world} x {self.device}."),
+            *([f"- Command: `{command}`"] if command else []), "",
+            "Benchmark numbers: the l2s-optim README (measured with `l2s-bench`).", "",
+            "```json", json.dumps({"config": config, "network": asdict(self.net.config)}, indent=1), "```", "",
+        ])
+        ModelCard(text).save(folder / "README.md")
         return folder
 
 
@@ -321,49 +364,65 @@ def _tensorboard(out: Path):
 
 def main(argv: list[str] | None = None) -> None:
     d = MetaConfig()  # the defaults
-    p = argparse.ArgumentParser(prog="l2s-meta-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--setting", choices=["dense", "sparse"], default="dense")
-    p.add_argument("--iterations", type=int, default=d.iterations)
-    p.add_argument("--stop-at", type=int, default=None,
+    p = argparse.ArgumentParser(prog="l2s-meta-train", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="run folder (logs, resumable state, model/)")
+    p.add_argument("--setting", choices=["dense", "sparse"], default="dense",
+                   help="dense: SfM or random init; sparse: pixel-aligned init from a few views")
+    p.add_argument("--iterations", type=positive_int, default=d.iterations,
+                   help="meta-iterations the one-cycle schedule is planned for")
+    p.add_argument("--stop-at", type=positive_int, default=None,
                    help="stop (and export model/) after this many meta-iterations; the schedule keeps --iterations")
-    p.add_argument("--width", type=int, default=d.net["width"])
-    p.add_argument("--depth", type=int, default=d.net["depth"])
-    p.add_argument("--attn-dim", type=int, default=d.net["attn_dim"])
-    p.add_argument("--mlp-hidden", type=int, default=d.net["mlp_hidden"])
-    p.add_argument("--k", type=int, default=d.net["k"])
+    p.add_argument("--width", type=positive_int, default=d.net["width"], help="latent state and transformer width")
+    p.add_argument("--depth", type=positive_int, default=d.net["depth"], help="point-transformer blocks")
+    p.add_argument("--attn-dim", type=positive_int, default=d.net["attn_dim"], help="attention q/k/v channels")
+    p.add_argument("--mlp-hidden", type=positive_int, default=d.net["mlp_hidden"], help="hidden width of each block's MLP")
+    p.add_argument("--k", type=positive_int, default=d.net["k"], help="neighbours per Gaussian, itself included")
+    p.add_argument("--phase-feature", action="store_true",
+                   help="the network also reads each Gaussian's step count (log1p(steps) / 10)")
+    p.add_argument("--no-param-path", dest="param_path", action="store_false",
+                   help="detach the Gaussians between inner steps (greedy per-step credit, the former method)")
+    p.add_argument("--no-log-loss", dest="log_loss", action="store_false",
+                   help="score inner steps by their error instead of its log")
+    p.add_argument("--random-gaussians", type=bounded(int, 4), default=d.random_gaussians,
+                   help="dense setting: Gaussians of the random init of scenes without SfM points")
     p.add_argument("--magnitude-activation", choices=["relu", "softplus"], default="softplus",
                    help="relu as released; softplus (default) cannot collapse to zero updates early in meta-training")
     p.add_argument("--update-rule", choices=["adam", "direct"], default=d.net["update_rule"],
                    help="adam (default): bounded learned multipliers of Adam's step; direct: the released rule")
-    p.add_argument("--max-multiplier", type=float, default=math.exp(NetConfig().max_log_multiplier),
+    p.add_argument("--max-multiplier", type=bounded(float, 1, inclusive=False), default=math.exp(NetConfig().max_log_multiplier),
                    help="update rule adam: the learned multipliers of Adam's step lie in [1/this, this]")
-    p.add_argument("--stability-weight", type=float, default=d.stability_weight,
+    p.add_argument("--stability-weight", type=non_negative_float, default=d.stability_weight,
                    help="weight of the stability loss (any per-view error increase between inner steps)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--max-tau", type=int, default=d.max_tau)
-    p.add_argument("--rollout-max", type=int, default=d.rollout_max)
-    p.add_argument("--procedural-scenes", type=int, default=d.procedural_scenes)
-    p.add_argument("--procedural-size", type=int, default=d.procedural_size)
-    p.add_argument("--context-views", type=int, default=d.context_views, help="views per inner step")
-    p.add_argument("--adam-warm-start-max", type=int, default=d.adam_warm_start_max,
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="AdamW peak learning rate of the network")
+    p.add_argument("--max-tau", type=positive_int, default=d.max_tau, help="inner steps per unroll: U[1, this]")
+    p.add_argument("--rollout-max", type=positive_int, default=d.rollout_max,
+                   help="frozen steps after each meta-iteration: U[1, this] (grows from 1 over the first 10%%)")
+    p.add_argument("--procedural-scenes", type=non_negative_int, default=d.procedural_scenes,
+                   help="procedural scenes per rank")
+    p.add_argument("--procedural-size", type=bounded(int, 8), default=d.procedural_size,
+                   help="image size of the procedural scenes")
+    p.add_argument("--context-views", type=positive_int, default=d.context_views, help="views per inner step")
+    p.add_argument("--adam-warm-start-max", type=non_negative_int, default=d.adam_warm_start_max,
                    help=f"fresh scenes are first advanced by up to this many Adam steps (probability {d.adam_warm_start})")
     p.add_argument("--scenes", nargs="*", default=[], help="COLMAP / transforms.json folders (training views used)")
-    p.add_argument("--scene-factor", type=int, default=d.scene_factor, help="image downscale factor of --scenes")
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--scene-factor", type=positive_int, default=d.scene_factor, help="image downscale factor of --scenes")
+    p.add_argument("--save-every", type=positive_int, default=d.save_every, help="meta-iterations between resumable saves")
+    p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed")
     p.add_argument("--autocast", choices=AUTOCAST, default=d.autocast,
                    help="the network's autocast policy (as Learn2Splat's): auto = bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from --out/meta_state_rank*.pt")
     args = p.parse_args(argv)
+    if args.procedural_scenes == 0 and not args.scenes:
+        p.error("nothing to meta-train on: --procedural-scenes 0 and no --scenes")
     config = MetaConfig(
         setting=args.setting, iterations=args.iterations, lr=args.lr, max_tau=args.max_tau, rollout_max=args.rollout_max,
         net={"width": args.width, "depth": args.depth, "attn_dim": args.attn_dim, "mlp_hidden": args.mlp_hidden, "k": args.k,
-             "magnitude_activation": args.magnitude_activation, "update_rule": args.update_rule,
+             "magnitude_activation": args.magnitude_activation, "phase_feature": args.phase_feature, "update_rule": args.update_rule,
              "max_log_multiplier": math.log(args.max_multiplier)},
         procedural_scenes=args.procedural_scenes, procedural_size=args.procedural_size, scene_dirs=args.scenes,
-        stability_weight=args.stability_weight, scene_factor=args.scene_factor, context_views=args.context_views, adam_warm_start_max=args.adam_warm_start_max,
+        stability_weight=args.stability_weight, param_path=args.param_path, log_loss=args.log_loss,
+        random_gaussians=args.random_gaussians, scene_factor=args.scene_factor, context_views=args.context_views, adam_warm_start_max=args.adam_warm_start_max,
         save_every=args.save_every, seed=args.seed, autocast=args.autocast,
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -384,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         checksums = gathered
     if rank == 0:
         (args.out / "sync.json").write_text(json.dumps({"weight_checksums": checksums}))
-        print(f"saved {trainer.finish()} after {trainer.iteration} meta-iterations ({trainer.seconds / 60:.1f} min)")
+        command = "l2s-meta-train " + " ".join(sys.argv[1:] if argv is None else argv)
+        print(f"saved {trainer.finish(command)} after {trainer.iteration} meta-iterations ({trainer.seconds / 60:.1f} min)")
     if world > 1:
         dist.destroy_process_group()

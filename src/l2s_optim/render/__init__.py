@@ -175,14 +175,17 @@ def rasterization(
 
 def render_splats(
     splats: Mapping[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int, height: int,
-    background: Tensor | None = None, **kwargs,
+    background: Tensor | None = None, sh_degree: int | None = None, **kwargs,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render gsplat-style raw parameters (``exp`` of scales, ``sigmoid`` of opacities, SH colours
-    from ``sh0``/``shN`` at their full degree). ``background``: [3] colour for every view."""
+    from ``sh0``/``shN``). ``background``: [3] colour for every view; ``sh_degree``: the SH bands
+    rendered (default: the splats' full degree; a lower one leaves the higher bands' gradients zero,
+    as gsplat's SH schedule does); ``kwargs`` go to :func:`rasterization`."""
     colors = splats["sh0"]
     if "shN" in splats:
         colors = torch.cat([colors, splats["shN"]], 1)
-    sh_degree = round(colors.shape[1] ** 0.5) - 1
+    full_degree = round(colors.shape[1] ** 0.5) - 1
+    sh_degree = full_degree if sh_degree is None else min(sh_degree, full_degree)
     backgrounds = None if background is None else background.to(colors).expand(viewmats.shape[0], 3)
     return rasterization(
         splats["means"], splats["quats"], splats["scales"].exp(), torch.sigmoid(splats["opacities"]).reshape(-1),
