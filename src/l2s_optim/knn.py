@@ -10,13 +10,15 @@ Backends (``backend="auto"`` picks the first available in this order):
   surface points). Below that, on CPU it comes after ``"scipy"`` (whose query uses every
   core). On CUDA the order is chosen by reasoning only, not timed (no GPU was available):
   ``"grid"`` does O(N) candidate work in a few hundred kernel launches per 2^19 candidate pairs,
-  while ``"torch"`` and ``torch_cluster.knn`` (a brute-force kernel there) compare all N^2
-  pairs, which must lose at large N; for small N their few launches win, so there ``"grid"``
-  comes last;
+  while ``"torch"`` compares all N^2 pairs, which must lose at large N; for small N its few
+  launches win, so there ``"grid"`` comes last;
 - ``"scipy"``: SciPy's ``cKDTree`` on CPU tensors, all cores;
-- ``"torch_cluster"``: ``torch_cluster.knn`` (the ``knn`` extra), CPU and CUDA;
 - ``"torch"``: exact brute force in chunks of queries, any device (the reference the others are
   tested against).
+
+torch-cluster's ``knn`` was a backend until it was dropped: PyPI has it as source only and its build
+fails without torch in the build environment, and on CUDA it is a brute-force kernel, which the grid
+search must beat at the sizes where kNN cost matters.
 
 Every backend returns the same neighbour lists up to ties in distance: row ``i`` holds ``i``
 itself in column 0, then its ``k - 1`` nearest other points, nearest first.
@@ -43,7 +45,7 @@ import math
 import torch
 from torch import Tensor
 
-BACKENDS = ("grid", "scipy", "torch_cluster", "torch")
+BACKENDS = ("grid", "scipy", "torch")
 
 _BLOCKS = (3, 4, 5)  # edge, in cells, of the cube searched around each query, pass by pass on one grid
 _PAD = _BLOCKS[-1] // 2  # empty cells around the points, so that no cube leaves the grid
@@ -69,8 +71,7 @@ def available_backends(device: torch.device | str = "cpu", n: int | None = None)
     other devices (see the module docstring).
     """
     cpu = torch.device(device).type == "cpu"
-    found = [name for name in ("scipy", "torch_cluster") if _installed(name) and (cpu or name != "scipy")]
-    found.append("torch")
+    found = [*(["scipy"] if cpu and _installed("scipy") else []), "torch"]
     if n is None or n >= _GRID_FROM:
         return ["grid", *found]
     return [*found[:1], "grid", *found[1:]] if cpu else [*found, "grid"]
@@ -117,7 +118,7 @@ def knn(points: Tensor, k: int, backend: str = "auto", chunk_bytes: int = 1 << 2
         return _self_first(_knn_grid(pts, k, max(1 << 16, chunk_bytes // 512)))
     if backend == "torch":
         return _self_first(_knn_brute_force(pts, k, chunk_bytes))
-    return _self_first(_knn_scipy(pts, k) if backend == "scipy" else _knn_torch_cluster(pts, k))
+    return _self_first(_knn_scipy(pts, k))
 
 
 def _knn_brute_force(points: Tensor, k: int, chunk_bytes: int) -> Tensor:
@@ -136,16 +137,6 @@ def _knn_scipy(points: Tensor, k: int) -> Tensor:
     xyz = points.cpu().numpy()
     _, idx = cKDTree(xyz).query(xyz, k=k, workers=-1)
     return torch.from_numpy(idx.reshape(len(xyz), k)).long().to(points.device)
-
-
-def _knn_torch_cluster(points: Tensor, k: int) -> Tensor:
-    import torch_cluster
-
-    query, found = torch_cluster.knn(points, points, k)
-    order = torch.argsort(query, stable=True)  # group the pairs by query point
-    found = found[order].view(-1, k)
-    d2 = (points[found] - points[:, None]).square().sum(-1)
-    return found.gather(1, d2.argsort(dim=1, stable=True))
 
 
 def _self_first(idx: Tensor) -> Tensor:
