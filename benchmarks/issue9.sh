@@ -12,10 +12,10 @@ mkdir -p "$OUT"
 
 for threads in 1 2; do
   export OMP_NUM_THREADS=$threads
-  l2s-bench --render-speed $BEER --sizes 1e4 --render-size 200 --views 4 --repeats 5 --threads "$threads" \
+  l2s-bench render-speed $BEER --sizes 1e4 --render-size 200 --views 4 --repeats 5 --threads "$threads" \
     --out "$OUT/render_speed_${threads}t" | tee "$OUT/render_speed_${threads}t.txt"
-  l2s-bench --step-speed $BEER --optimizers adam,l2s:dense --repeats 20 --threads "$threads" \
+  l2s-bench step-speed $BEER --optimizers adam,l2s:dense --repeats 20 --threads "$threads" \
     --out "$OUT/step_speed_${threads}t" | tee "$OUT/step_speed_${threads}t.txt"
-  l2s-bench --micro --sizes 1e3,1e4,1e5 --checkpoint dense --repeats 5 --threads "$threads" \
+  l2s-bench micro --sizes 1e3,1e4,1e5 --checkpoint dense --repeats 5 --threads "$threads" \
     --out "$OUT/micro_${threads}t" | tee "$OUT/micro_${threads}t.txt"
 done

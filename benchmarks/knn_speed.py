@@ -24,7 +24,7 @@ import scipy
 import torch
 from scipy.spatial import cKDTree
 
-from l2s_optim import knn
+from l2s_optim.knn import knn
 
 
 def uniform(n: int, g: torch.Generator) -> torch.Tensor:

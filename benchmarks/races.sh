@@ -46,7 +46,7 @@ for race in "$@"; do
   mkdir -p "$OUT/$race/parts"
   # one part folder per optimizer, named without the / and : of checkpoint paths
   for opt in $(optimizers "$race"); do echo "$opt"; done | xargs -P "${PARALLEL:-2}" -I{} sh -c \
-    'part="$0/parts/$(printf %s "$1" | tr "/:" "__")"; l2s-bench $2 --optimizers "$1" --out "$part" > "$part.log" 2>/dev/null' \
+    'part="$0/parts/$(printf %s "$1" | tr "/:" "__")"; l2s-bench race $2 --optimizers "$1" --out "$part" > "$part.log" 2>/dev/null' \
     "$OUT/$race" {} "$args"
   python - "$OUT/$race" <<'PY'
 import json, sys
@@ -59,5 +59,5 @@ for part in sorted((race / "parts").glob("*/results.json")):
     merged["curves"].update(saved["curves"])
 (race / "results.json").write_text(json.dumps(merged, indent=1))
 PY
-  l2s-bench $args --optimizers "$(optimizers "$race" | xargs | tr ' ' ',')" --out "$OUT/$race" 2>/dev/null | tee "$OUT/$race/table.txt"
+  l2s-bench race $args --optimizers "$(optimizers "$race" | xargs | tr ' ' ',')" --out "$OUT/$race" 2>/dev/null | tee "$OUT/$race/table.txt"
 done

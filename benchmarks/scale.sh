@@ -9,9 +9,9 @@ set -euo pipefail
 OUT=${1:-benchmarks/scale}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
-l2s-bench --micro --sizes 1e5,1e6 --checkpoint dense --repeats 2 --threads 1 \
+l2s-bench micro --sizes 1e5,1e6 --checkpoint dense --repeats 2 --threads 1 \
   --out "$OUT/dense" | tee "$OUT/dense.txt"
-l2s-bench --micro --sizes 1e5,1e6 --checkpoint dense --repeats 2 --threads 1 --chunk-size 0 \
+l2s-bench micro --sizes 1e5,1e6 --checkpoint dense --repeats 2 --threads 1 --chunk-size 0 \
   --out "$OUT/dense_unchunked" | tee "$OUT/dense_unchunked.txt"
-l2s-bench --micro --sizes 1e5 --checkpoint released-random --repeats 2 --threads 1 \
+l2s-bench micro --sizes 1e5 --checkpoint released-random --repeats 2 --threads 1 \
   --out "$OUT/released" | tee "$OUT/released.txt"

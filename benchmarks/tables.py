@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parent
 RACES = [
     ("llff_room, dense init (held out)", "issue13/room_dense"),
     ("nerd_gold_cape, random init (held out)", "issue13/gold_cape_random"),
-    ("lego_200, random init (held out)", "issue13/lego_random"),
+    ("lego_200, random init (held out)", "issue13/lego_held"),
     ("llff_room, sparse init (held out)", "issue13/room_sparse"),
+    ("procedural scene never seen in meta-training, 10,000 steps", "issue13/long_10k"),
     ("llff_flower held-out views, dense init (selection, training scene)", "issue13/flower_select"),
     ("dtu_scan65 held-out views, random init (selection, training scene)", "issue13/dtu_select"),
 ]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -53,6 +54,24 @@ def run_steps(opt, splats, targets, steps):
         opt.zero_grad()
         quadratic_loss(splats, targets).backward()
         opt.step()
+
+
+def steps_against_unit_lr(opt, splats, targets) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """One more step of the Learn2Splat ``opt`` (with its groups' lrs as they are now) and one of a twin loaded
+    from its state with every group's lr at 1.0, from the same parameters: each attribute's displacement under
+    ``opt`` and under the twin (equal to it times the lr, but where a clamp bites)."""
+    from l2s_optim import Learn2Splat
+
+    twin_splats = nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in splats.items()})
+    twin = Learn2Splat(twin_splats, opt.net, seed=opt.seed)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for group in twin.param_groups:
+        group["lr"] = 1.0
+    before = {k: v.detach().clone() for k, v in splats.items()}
+    run_steps(opt, splats, targets, 1)
+    run_steps(twin, twin_splats, targets, 1)
+    return ({k: splats[k].detach() - before[k] for k in splats},
+            {k: twin_splats[k].detach() - before[k] for k in splats})
 
 
 def snapshot(opt) -> tuple:

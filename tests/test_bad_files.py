@@ -13,14 +13,15 @@ import torch
 from conftest import TINY, random_net
 from PIL import Image
 from release_fixture import PREFIX, release_state
-from test_data import write_colmap, write_transforms
+from test_data import write_colmap, write_colmap_text, write_transforms
 
 import l2s_optim.hub
 from l2s_optim import bench, demo, load_network
+from l2s_optim.convert import convert_release_checkpoint
 from l2s_optim.data import load_scene
 from l2s_optim.data.colmap import load_colmap
 from l2s_optim.data.images import read_image
-from l2s_optim.hub import convert_release_checkpoint, hub_reference
+from l2s_optim.hub import hub_reference
 
 # ------------------------------------------------------------------------- 6. checkpoint resolution
 
@@ -168,6 +169,32 @@ def test_a_nonfinite_point_is_named(tmp_path):
         load_colmap(tmp_path)
 
 
+def replace_field(text: str, index: int, value: str) -> str:
+    fields = text.split(" ")
+    return " ".join(fields[:index] + [value] + fields[index + 1 :])
+
+
+@pytest.mark.parametrize("file, line, change, message", [
+    ("cameras.txt", 3, lambda t: t.replace("PINHOLE", "PINHOLEX"), "camera 1 has the unknown camera model 'PINHOLEX'"),
+    ("cameras.txt", 3, lambda t: t.rsplit(" ", 1)[0], "expected the 4 parameters of a PINHOLE camera, got '50.0"),
+    ("cameras.txt", 3, lambda t: replace_field(t, 4, "nan"), r"camera 1 \(PINHOLE\) has non-finite parameters"),
+    ("images.txt", 6, lambda t: replace_field(t, 1, "abc"), "expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME"),
+    ("images.txt", 4, lambda t: " ".join(["1", *["0.0"] * 4, *t.split(" ")[5:]]),
+     "image 'img_10.png' has an invalid pose"),
+    ("points3D.txt", 2, lambda t: replace_field(t, 2, "inf"), "point 1 has coordinates not finite in float32"),
+    ("points3D.txt", 3, lambda t: replace_field(t, 4, "300"), r"point 2 has colour \[300, 128, 0\], not 8-bit RGB"),
+])
+def test_a_bad_colmap_text_line_names_the_file_and_line(tmp_path, file, line, change, message):
+    write_colmap(tmp_path)
+    write_colmap_text(tmp_path)
+    path = tmp_path / "sparse" / "0" / file
+    lines = path.read_text().split("\n")
+    lines[line - 1] = change(lines[line - 1])
+    path.write_text("\n".join(lines))
+    with pytest.raises(ValueError, match=f"{path}, line {line}: {message}"):
+        load_colmap(tmp_path)
+
+
 def test_a_single_registered_image_cannot_be_normalised(tmp_path):
     write_colmap(tmp_path, n_images=1)
     with pytest.raises(ValueError, match=f"{tmp_path}: cannot normalise a scene whose 1 camera centre"):
@@ -236,25 +263,25 @@ def test_mixed_image_sizes_and_bad_json_are_named(tmp_path):
 
 # ------------------------------------------------------------------------------------------- 8. CLIs
 @pytest.mark.parametrize("flags, message", [
-    (["--steps", "0"], "argument --steps: must be >= 1, got 0"),
-    (["--steps", "-3"], "argument --steps: must be >= 1, got -3"),
-    (["--batch", "-1"], "argument --batch: must be >= 1, got -1"),
-    (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
-    (["--factor", "0"], "argument --factor: must be >= 1, got 0"),
-    (["--fraction", "0"], "argument --fraction: must be > 0 and <= 1, got 0"),
-    (["--background", "0", "nan", "0"], "argument --background: must be >= 0 and <= 1, got nan"),
-    (["--sizes", "1e3,x"], "argument --sizes: expected a comma list of whole counts >= 1, got 'x'"),
-    (["--optimizers", "adam,sgd"], r"argument --optimizers: unknown optimizer\(s\) \['sgd'\]"),
-    (["--n-random", "3"], "argument --n-random: must be >= 4, got 3"),
-    (["--steps", "ten"], "argument --steps: expected an integer, got 'ten'"),
+    (["race", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
+    (["race", "--steps", "-3"], "argument --steps: must be >= 1, got -3"),
+    (["race", "--batch", "-1"], "argument --batch: must be >= 1, got -1"),
+    (["micro", "--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+    (["step-speed", "--factor", "0"], "argument --factor: must be >= 1, got 0"),
+    (["race", "--fraction", "0"], "argument --fraction: must be > 0 and <= 1, got 0"),
+    (["race", "--background", "0", "nan", "0"], "argument --background: must be >= 0 and <= 1, got nan"),
+    (["render-speed", "--sizes", "1e3,x"], "argument --sizes: expected a comma list of whole counts >= 1, got 'x'"),
+    (["race", "--optimizers", "adam,sgd"], r"argument --optimizers: unknown optimizer\(s\) \['sgd'\]"),
+    (["race", "--n-random", "3"], "argument --n-random: must be >= 4, got 3"),
+    (["race", "--steps", "ten"], "argument --steps: expected an integer, got 'ten'"),
 ])
 def test_bench_arguments_are_checked_at_parse_time(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--out", str(tmp_path / "out"), *flags])
+        bench.main([*flags, "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: l2s-bench") and err.count("error:") == 1  # the usage and a one-line error
-    assert re.search(f"l2s-bench: error: {message}", err.splitlines()[-1])
+    assert len(err.splitlines()) == 1  # one line, no usage, no traceback
+    assert re.search(f"^l2s-bench {flags[0]}: error: {message}", err)
     assert not (tmp_path / "out").exists()
 
 
@@ -268,10 +295,10 @@ def test_demo_arguments_are_checked_at_parse_time(capsys):
 def test_an_unreadable_results_file_is_never_overwritten(tmp_path, capsys, monkeypatch, content):
     from l2s_optim.data import synthetic_scene
 
-    monkeypatch.setattr(bench, "load_scene", lambda *a, **k: synthetic_scene(n_views=9, size=24, n_gaussians=600))
+    monkeypatch.setattr(bench.race, "load_scene", lambda *a, **k: synthetic_scene(n_views=9, size=24, n_gaussians=600))
     (tmp_path / "results.json").write_bytes(content)
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--optimizers", "adam", "--steps", "2", "--out", str(tmp_path)])
+        bench.main(["race", "--optimizers", "adam", "--steps", "2", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert f"{tmp_path / 'results.json'} cannot be read as l2s-bench results" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_bytes() == content

@@ -62,6 +62,25 @@ def test_a_nonfinite_or_extreme_value_in_a_stepped_row_is_refused(stepped, name,
     assert_refused(opt, opt.step, ValueError, message.format(name) + "; parameters and state left unchanged")
 
 
+@pytest.mark.parametrize("name, value", [("opacities", -1e30), ("scales", 1e30), ("gradient", 1e30)])
+def test_a_step_run_in_chunks_that_would_not_be_finite_is_refused_before_any_write(stepped, name, value):
+    """The chunked path (more active rows than ``chunk_size``) checks every chunk's new parameters, moments and
+    latent before writing any: an extreme parameter (overflowing the network) or gradient (overflowing the
+    second moment) leaves parameters and state byte-identical."""
+    splats, opt = stepped
+    opt.chunk_size = 16  # 64 active Gaussians: 4 chunks
+    backward(splats)
+    with torch.no_grad():
+        if name == "gradient":
+            splats["means"].grad[40, 1] = value
+        else:
+            splats[name].view(64, -1)[40, 0] = value
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=r"would write NaN or Inf into \d+ Gaussian\(s\), rows .*(\[40\]|at row 40\))"):
+        opt.step()
+    assert_unchanged(opt, before)
+
+
 def test_a_nonfinite_parameter_in_a_row_not_stepped_is_not_read(stepped):
     splats, opt = stepped
     quadratic_loss({k: p[:32] for k, p in splats.items()}, {k: t[:32] for k, t in targets_like(splats).items()}).backward()

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from l2s_optim.data import dense_init, load_scene, random_init, sparse_init, synthetic_scene
-from l2s_optim.data.colmap import load_colmap
+from l2s_optim.data.colmap import load_colmap, read_cameras, read_images, read_points
 from l2s_optim.data.images import undistort
-from l2s_optim.data.init import SH_C0
+from l2s_optim.gaussians import SH_C0
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -65,6 +65,46 @@ def test_colmap_reader_poses_intrinsics_points_and_split(tmp_path):
     torch.testing.assert_close(scene.point_colors[0], torch.tensor([1.0, 128 / 255, 0.0]))
     half = load_colmap(tmp_path, factor=2)
     assert half.images.shape == (10, 15, 20, 3) and half.Ks[0, 0, 0] == 25.0
+
+
+def write_colmap_text(root: Path) -> None:
+    """Replace the binary model of ``root`` by its text equivalent (``cameras.txt``, ``images.txt``,
+    ``points3D.txt``, as COLMAP writes them: comments, two lines per image, the second one blank or a list of
+    observations), with one more, unused camera."""
+    sparse = root / "sparse" / "0"
+    cameras, images = read_cameras(sparse / "cameras.bin"), read_images(sparse / "images.bin")
+    points, colors = read_points(sparse / "points3D.bin")
+
+    def numbers(values) -> str:
+        return " ".join(map(repr, values))  # floats round-trip exactly
+
+    lines = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
+    lines += [f"{i} {model} {w} {h} {numbers(params)}" for i, (model, w, h, params) in cameras.items()]
+    lines.append("9 SIMPLE_RADIAL 40 30 50.0 20.0 15.0 0.01")
+    (sparse / "cameras.txt").write_text("\n".join(lines) + "\n")
+    lines = ["# Image list with two lines of data per image:",
+             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
+    for i, (name, camera_id, q, t) in enumerate(images, 1):
+        observations = "" if i % 2 else "1.0 2.0 -1 3.5 4.5 1"
+        lines += [f"{i} {numbers([*q.tolist(), *t.tolist()])} {camera_id} {name}", observations]
+    (sparse / "images.txt").write_text("\n".join(lines) + "\n")
+    lines = ["# 3D point list with one line of data per point:"]
+    lines += [f"{j} {numbers(p.tolist())} {numbers(c.tolist())} 0.5 1 0"
+              for j, (p, c) in enumerate(zip(points, colors), 1)]
+    (sparse / "points3D.txt").write_text("\n".join(lines) + "\n")
+    for name in ("cameras", "images", "points3D"):
+        (sparse / f"{name}.bin").unlink()
+
+
+def test_colmap_text_model_loads_as_the_binary_one(tmp_path):
+    write_colmap(tmp_path)
+    binary = load_colmap(tmp_path)
+    write_colmap_text(tmp_path)
+    assert not any((tmp_path / "sparse" / "0").glob("*.bin"))
+    text = load_colmap(tmp_path)
+    assert text.names == binary.names and torch.equal(text.test, binary.test)
+    for key in ("images", "viewmats", "Ks", "points", "point_colors"):
+        assert torch.equal(getattr(text, key), getattr(binary, key)), key
 
 
 def test_undistort_recovers_the_pinhole_image():
@@ -122,10 +162,10 @@ def test_transforms_json_conventions(tmp_path, style):
     assert uv[0, 0] > 10 and uv[0, 1] < 8
 
 
-def test_normalization_preserves_projections(tmp_path):
+def test_normalisation_preserves_projections(tmp_path):
     write_colmap(tmp_path)
     raw = load_colmap(tmp_path)
-    scene = raw.normalized()
+    scene = raw.normalised()
     assert scene.camera_centers.sub(scene.camera_centers.mean(0)).norm(dim=-1).max().item() == pytest.approx(1.0, abs=1e-5)
     for v in range(3):
         torch.testing.assert_close(project(scene.points, scene.viewmats[v], scene.Ks[v])[0],

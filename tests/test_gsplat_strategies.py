@@ -13,6 +13,9 @@ gsplat = pytest.importorskip("gsplat")
 from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 from gsplat.strategy import DefaultStrategy, MCMCStrategy, ops
 
+# the Adam-equivalent echo network steps with Adam's learning rates as its lr
+pytestmark = pytest.mark.filterwarnings("ignore:Learn2Splat.*looks like an Adam learning rate:RuntimeWarning")
+
 
 def pull_loss(splats):
     """Every Gaussian pulled to fixed targets: a loss whose mean is comparable across N."""

@@ -11,7 +11,9 @@ from conftest import TINY, random_net
 from release_fixture import PREFIX, release_state
 
 from l2s_optim import Learn2SplatNet, load_network
-from l2s_optim.hub import RELEASE_FILE, RELEASE_REPO, bundled_path, convert_main, convert_release_checkpoint
+from l2s_optim.convert import convert_main, convert_release_checkpoint
+from l2s_optim.hub import RELEASE_FILE, RELEASE_REPO, bundled_path
+from l2s_optim.recipe import RECIPE_FILE, RELEASE_RECIPE, Recipe
 
 
 def same_weights(a, b):
@@ -188,8 +190,13 @@ def test_configured_but_unreachable_hub_repo_falls_back_with_reason(tmp_path):
     assert "no bundled 'sparse' weights" in out and "acme/absent" in out
 
 
-def test_hub_mixin_round_trip_in_memory():
-    net = random_net()
-    clone = Learn2SplatNet(net.config)
-    clone.load_state_dict(net.state_dict())
-    assert same_weights(net, clone)
+def test_hub_mixin_round_trip(tmp_path):
+    """huggingface_hub's mixin: save_pretrained writes the config (through NetConfig's coder), the weights and
+    our recipe.json beside them; from_pretrained restores the config and weights."""
+    net = random_net()  # TINY, not the default config
+    net.recipe = RELEASE_RECIPE
+    net.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors", RECIPE_FILE} <= {f.name for f in tmp_path.iterdir()}
+    assert Recipe.load(tmp_path) == RELEASE_RECIPE
+    loaded = Learn2SplatNet.from_pretrained(tmp_path)
+    assert type(loaded) is Learn2SplatNet and loaded.config == TINY and same_weights(loaded, net)

@@ -1,11 +1,8 @@
-import importlib
-
 import pytest
 import torch
 
+import l2s_optim.knn as knn_module
 from l2s_optim.knn import available_backends, knn, resolve_backend
-
-knn_module = importlib.import_module("l2s_optim.knn")  # the package's `knn` attribute is the function
 
 
 def brute_force_sq_distances(points, k, rows=1024):

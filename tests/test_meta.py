@@ -63,7 +63,7 @@ def test_inner_steps_carry_the_latent_state_and_the_gaussians_when_asked(trainer
         assert grads[0] is None
     assert grads[1] is not None and grads[1].abs().sum() > 0  # the meta-gradient crosses steps via the latent
     assert grads[2].abs().sum() > 0
-    assert second.steps == 2 and torch.equal(second.count["means"], torch.full_like(second.count["means"], 2.0))
+    assert second.steps == 2 and torch.equal(second.gaussian_step["means"], torch.full_like(second.gaussian_step["means"], 2.0))
     assert set(aux) == {"delta", "normalised", "raw"}
 
 
@@ -81,10 +81,16 @@ def test_adam_warm_start_gives_fresh_scenes_adam_steps_and_fresh_latents(tmp_pat
     states = [trainer._fresh_state() for _ in range(4)]
     assert all(0 <= s.steps <= 4 for s in states) and any(s.steps >= 2 for s in states)
     for s in states:
-        initial = dense_init(trainer.scenes[s.scene], fraction=1.0)  # only to compare shapes
-        assert s.params["means"].shape[1:] == initial["means"].shape[1:]
+        initial = dense_init(trainer.scenes[s.scene], fraction=1.0)  # every SfM point, to compare shapes
+        n = s.params["means"].shape[0]
+        assert max(4, round(0.1 * len(initial["means"]))) <= n <= len(initial["means"])  # a fraction of the points
+        for group in (s.params, s.exp_avg, s.exp_avg_sq):
+            assert group.keys() == initial.keys()
+            shapes = {k: v.shape for k, v in group.items()}
+            assert all(shapes[k] == (n, *initial[k].shape[1:]) for k in initial), shapes
+        assert all(c.shape == (n,) for c in s.gaussian_step.values()) and s.latent.shape == (n, trainer.net.config.width)
         assert s.latent.ne(0).all() and abs(s.latent.std().item() - 1) < 0.1  # fresh N(0,1), not Adam's
-        assert s.count["means"].max() == s.steps and s.count["means"].min() >= 0
+        assert s.gaussian_step["means"].max() == s.steps and s.gaussian_step["means"].min() >= 0
         assert (s.exp_avg_sq["sh0"].abs().sum() > 0) == (s.steps > 0)
 
 
@@ -119,12 +125,12 @@ def test_meta_training_runs_logs_and_resumes_exactly(tmp_path):
 
     straight.config.scene_dirs = ["../shared/data/beer"]  # as a real run names its scenes
     straight.config.context_views = 2  # the recipe must carry the loop's views per step
-    folder = straight.finish("l2s-meta-train --out run")
+    folder = straight.finish("l2s-meta-train --out run --scenes ../shared/data/beer")
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "l2s-optim" and card.data.license == "mit" and "learned-optimizer" in card.data.tags
-    assert "Meta-iterations: 4 of a 4-iteration schedule" in card.text and "`l2s-meta-train --out run`" in card.text
+    assert "Meta-iterations: 4 of a 4-iteration schedule" in card.text and "`l2s-meta-train --out run --scenes beer`" in card.text
     assert "training views of beer" in card.text and "../shared" not in card.content  # no developer paths
     from l2s_optim.hub import load_network
     from l2s_optim.recipe import Recipe

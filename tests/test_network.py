@@ -7,9 +7,9 @@ from conftest import TINY, make_splats, quadratic_loss, random_net, targets_like
 from release_fixture import release_forward, release_state
 
 from l2s_optim import Learn2Splat, Learn2SplatNet, NetConfig
-from l2s_optim.hub import release_state_to_ours
+from l2s_optim.convert import release_state_to_ours
+from l2s_optim.gaussians import ROLES
 from l2s_optim.network import NeighbourAttention
-from l2s_optim.step import ROLES
 
 
 def inputs(config, a=50, seed=0):
@@ -87,11 +87,16 @@ def test_matches_release_reference_forward():
     assert ref_delta.abs().max() > 1e-3  # the comparison is not between zeros
 
 
-def test_multi_head_attention_runs():
+def test_multi_head_attention_attends_per_head():
+    """Four heads over the same weights give another update than one head: the network uses its config's heads."""
     config = NetConfig(width=32, depth=1, heads=4, attn_dim=32, mlp_hidden=32, k=6)
     net = random_net(config)
-    delta, _ = net(*inputs(config))
+    one_head = Learn2SplatNet(replace(config, heads=1))
+    one_head.load_state_dict(net.state_dict())
+    x = inputs(config)
+    delta, _ = net(*x)
     assert delta.shape == (50, config.param_dim) and torch.isfinite(delta).all()
+    assert (delta - one_head(*x)[0]).abs().max() > 1e-4
 
 
 ADAM_RULE = replace(TINY, update_rule="adam")

@@ -1,4 +1,5 @@
 import io
+import warnings
 
 import pytest
 import torch
@@ -10,11 +11,13 @@ from conftest import (
     quadratic_loss,
     random_net,
     run_steps,
+    steps_against_unit_lr,
     targets_like,
 )
 from torch import nn
 
 from l2s_optim import Learn2Splat, NetConfig
+from l2s_optim.gaussians import GSPLAT_LRS
 
 ADAM_LRS = {"means": 1e-2, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 1.25e-4}
 
@@ -23,6 +26,7 @@ def clone(splats):
     return nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in splats.items()})
 
 
+@pytest.mark.filterwarnings("ignore:Learn2Splat.*looks like an Adam learning rate:RuntimeWarning")  # echo net = Adam
 def test_adam_echo_network_reproduces_torch_adam():
     ours, theirs = make_splats(), make_splats()
     targets = targets_like(ours)
@@ -112,6 +116,51 @@ def test_lr_is_a_multiplier_per_group_and_schedulers_work():
     run_steps(full, a, targets, 1)
     sched.step()
     assert [g["lr"] for g in full.param_groups] == [0.5] * 6
+    scheduled, unit = steps_against_unit_lr(full, a, targets)  # the scheduled lr drives the next step
+    for k in ("means", "quats"):  # no clamps
+        torch.testing.assert_close(scheduled[k], 0.5 * unit[k])
+        assert unit[k].abs().max() > 1e-4
+
+
+def runtime_warnings(action) -> list[warnings.WarningMessage]:
+    """The RuntimeWarnings ``action()`` emits, each of them (no once-per-location filter)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        action()
+    return [w for w in caught if w.category is RuntimeWarning]
+
+
+def test_adam_learning_rates_as_lr_warn_once_naming_the_groups(splats):
+    """gsplat's Adam learning rates given as Learn2Splat lrs would all but freeze training."""
+    groups = [{"params": [p], "name": k, "lr": 1.0 if k == "sh0" else GSPLAT_LRS[k]} for k, p in splats.items()]
+
+    def construct_and_step():
+        run_steps(Learn2Splat(groups, random_net()), splats, targets_like(splats), 2)
+
+    caught = runtime_warnings(construct_and_step)
+    assert len(caught) == 1 and caught[0].filename == __file__  # the warning points at the construction
+    message = str(caught[0].message)
+    assert "looks like an Adam learning rate" in message and "'means' (lr 0.00016)" in message
+    assert "'opacities' (lr 0.05)" in message and "'shN' (lr 0.000125)" in message and "'sh0'" not in message
+
+
+@pytest.mark.parametrize("given", [{"betas": (0.8, 0.99)}, {"eps": 1e-8}, {"fused": True}, {"foreach": True}])
+def test_adam_arguments_that_would_change_adam_warn_once(splats, given):
+    def construct_and_step():
+        run_steps(Learn2Splat(splats, random_net(), **given), splats, targets_like(splats), 2)
+
+    caught = runtime_warnings(construct_and_step)
+    name, value = next(iter(given.items()))
+    assert len(caught) == 1 and str(caught[0].message).startswith(f"Learn2Splat ignores {name}={value!r}: ")
+
+
+def test_unit_or_zero_lrs_and_adam_arguments_that_change_nothing_do_not_warn(splats):
+    groups = [{"params": [p], "name": k, "lr": 0.0 if k == "sh0" else 1.0} for k, p in splats.items()]  # sh0 frozen
+    assert not runtime_warnings(lambda: Learn2Splat(splats, random_net()))
+    assert not runtime_warnings(lambda: Learn2Splat(splats, random_net(), lr=2.0))
+    # gsplat's trainer at batch size 1: Adam's betas, eps 1e-15 (those the network was meta-trained with)
+    assert not runtime_warnings(lambda: Learn2Splat(groups, random_net(), betas=(0.9, 0.999), eps=1e-15,
+                                                    fused=False, foreach=None))
 
 
 def test_zero_grad_and_closure(splats):
@@ -248,28 +297,39 @@ def test_missing_bundled_checkpoint_is_a_clear_error(splats, no_bundled_weights)
         Learn2Splat(splats, "dense")
 
 
-def test_inria_names_and_lower_sh_degree_match_gsplat_names():
-    gs = make_splats(sh_degree=1)
-    inria = nn.ParameterDict({
-        "xyz": nn.Parameter(gs["means"].detach().clone()),
-        "scaling": nn.Parameter(gs["scales"].detach().clone()),
-        "rotation": nn.Parameter(gs["quats"].detach().clone()),
-        "opacity": nn.Parameter(gs["opacities"].detach().clone()[:, None]),
-        "features_dc": nn.Parameter(gs["sh0"].detach().clone()),
-        "features_rest": nn.Parameter(gs["shN"].detach().clone()),
-    })
-    names = {"xyz": "means", "scaling": "scales", "rotation": "quats", "opacity": "opacities",
-             "features_dc": "sh0", "features_rest": "shN"}
+NAMING_SCHEMES = {  # name -> (role, row shape; None: gsplat's)
+    "INRIA": {"xyz": ("means", None), "scaling": ("scales", None), "rotation": ("quats", None),
+              "opacity": ("opacities", (1,)), "features_dc": ("sh0", None), "features_rest": ("shN", None)},
+    "splatfacto": {"means": ("means", None), "scales": ("scales", None), "quats": ("quats", None),
+                   "opacities": ("opacities", (1,)), "features_dc": ("sh0", (3,)), "features_rest": ("shN", None)},
+}
+
+
+@pytest.mark.filterwarnings("ignore:Learn2Splat: the parameters have SH degree 1:RuntimeWarning")
+@pytest.mark.parametrize("sh_degree", [1, 3])
+@pytest.mark.parametrize("scheme", NAMING_SCHEMES)
+def test_inria_and_splatfacto_names_and_shapes_step_as_gsplat_names(scheme, sh_degree):
+    """The same Gaussians under INRIA's or nerfstudio splatfacto's names and shapes (opacities [N,1]; splatfacto's
+    features_dc [N,3]) step identically, with state shaped like each parameter (gsplat's ops index it by rows)."""
+    gs, names = make_splats(sh_degree=sh_degree), NAMING_SCHEMES[scheme]
+    other = nn.ParameterDict({k: nn.Parameter(gs[r].detach().clone().reshape(64, *(shape or gs[r].shape[1:])))
+                              for k, (r, shape) in names.items()})
     targets = targets_like(gs)
-    inria_targets = {k: targets[v].reshape(inria[k].shape) for k, v in names.items()}
-    opt_gs, opt_inria = Learn2Splat(gs, random_net()), Learn2Splat(inria, random_net())
+    name_of = {r: k for k, (r, _) in names.items()}
+    other_targets = {name_of[r]: t.reshape(other[name_of[r]].shape) for r, t in targets.items()}  # the same loss
+    opt_gs, opt_other = Learn2Splat(gs, random_net()), Learn2Splat(other, random_net())
     for _ in range(3):
-        for opt, s, t in ((opt_gs, gs, targets), (opt_inria, inria, inria_targets)):
+        for opt, s, t in ((opt_gs, gs, targets), (opt_other, other, other_targets)):
             opt.zero_grad()
             quadratic_loss(s, t).backward()
             opt.step()
-    for k, v in names.items():
-        torch.testing.assert_close(inria[k].reshape(gs[v].shape), gs[v])
+    for k, (r, shape) in names.items():
+        assert other[k].shape[1:] == (shape or gs[r].shape[1:])
+        assert torch.equal(other[k].reshape(gs[r].shape), gs[r])
+        for key in ("exp_avg", "exp_avg_sq"):
+            state = opt_other.state[other[k]][key]
+            assert state.shape == other[k].shape and torch.equal(state.reshape(gs[r].shape), opt_gs.state[gs[r]][key])
+    Learn2Splat(other, random_net()).load_state_dict(opt_other.state_dict())  # the saved shapes are valid
 
 
 def test_clamps_keep_updated_gaussians_in_trained_ranges(splats):
@@ -291,15 +351,22 @@ def test_latent_from_feed_forward_features(splats):
         Learn2Splat(splats, random_net(), init_features=features)
 
 
-def test_knn_every_reuses_graph(splats, monkeypatch):
+def test_knn_every_reuses_the_graph_until_its_interval_ends_or_the_means_are_replaced(splats, monkeypatch):
     import l2s_optim.optimizer as module
 
     calls = []
     real = module.knn
     monkeypatch.setattr(module, "knn", lambda pts, k, backend: calls.append(len(pts)) or real(pts, k, backend))
     opt = Learn2Splat(splats, random_net(), knn_every=3)
-    run_steps(opt, splats, targets_like(splats), 7)
-    assert calls == [64, 64, 64]  # steps 0, 3, 6, over all Gaussians
+    targets = targets_like(splats)
+    run_steps(opt, splats, targets, 4)
+    assert calls == [64, 64]  # steps 0 and 3, over all Gaussians
+    duplicate_like_gsplat(splats, opt, torch.arange(0))  # new Parameters, as gsplat's ops make them; the same N
+    run_steps(opt, splats, targets, 1)
+    assert calls == [64, 64, 64]  # step 4: the graph of the replaced means is not reused
+    duplicate_like_gsplat(splats, opt, torch.arange(0, 64, 4))  # 16 more Gaussians
+    run_steps(opt, splats, targets_like(splats), 3)
+    assert calls == [64, 64, 64, 80]  # step 5 over all 80, reused at steps 6 and 7
 
 
 def test_runs_on_double_parameters():
@@ -313,7 +380,6 @@ def psnr_gain_in_40_steps(optimizer: str, init: str, **options) -> float:
     """Test-PSNR gain of 40 one-view steps on a procedural scene never seen in meta-training (seed 0;
     meta-training used seeds >= 10000), from ``init`` Gaussians; ``optimizer``: gsplat's default Adam
     or a Learn2Splat checkpoint (with ``options``, e.g. ``autocast="bf16"``)."""
-    from l2s_optim.bench import GSPLAT_LRS
     from l2s_optim.data import dense_init, sparse_init, synthetic_scene
     from l2s_optim.losses import photometric_loss, psnr
     from l2s_optim.render import render_splats

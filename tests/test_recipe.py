@@ -16,7 +16,8 @@ from conftest import make_splats, quadratic_loss, random_net, targets_like
 from release_fixture import release_state
 
 from l2s_optim import Learn2Splat, bench, demo, load_network
-from l2s_optim.hub import bundled_path, convert_main, convert_release_checkpoint
+from l2s_optim.convert import convert_main, convert_release_checkpoint
+from l2s_optim.hub import bundled_path
 from l2s_optim.recipe import RECIPE_FILE, RELEASE_RECIPE, Recipe
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -154,8 +155,8 @@ def recorded_race(monkeypatch, tmp_path):
         calls["steps"].append((type(optimizer).__name__, len(views), recipe))
         return real_step(splats, optimizer, scheduler, train, views, recipe, step, phases)
 
-    monkeypatch.setattr(bench, "load_scene", load_scene)
-    monkeypatch.setattr(bench, "training_step", training_step)
+    monkeypatch.setattr(bench.race, "load_scene", load_scene)
+    monkeypatch.setattr(bench.race, "training_step", training_step)
     net = random_net()
     net.recipe = CUSTOM
     net.save_pretrained(tmp_path / "custom")
@@ -164,7 +165,7 @@ def recorded_race(monkeypatch, tmp_path):
 
 def test_bench_follows_the_first_checkpoints_recipe_for_every_optimizer(recorded_race, tmp_path, capsys):
     calls, checkpoint = recorded_race
-    bench.main(["--optimizers", f"adam,l2s:{checkpoint}", "--steps", "3", "--out", str(tmp_path / "a")])
+    bench.main(["race", "--optimizers", f"adam,l2s:{checkpoint}", "--steps", "3", "--out", str(tmp_path / "a")])
     printed = capsys.readouterr().out
     assert f"recipe of l2s:{checkpoint}: batch 3, background 1 0.5 0, world in raw units" in printed
     assert "shared by every optimizer of this run" in printed and "overridden" not in printed
@@ -177,7 +178,7 @@ def test_bench_follows_the_first_checkpoints_recipe_for_every_optimizer(recorded
 
 def test_bench_flags_override_the_recipe_and_are_printed(recorded_race, tmp_path, capsys):
     calls, checkpoint = recorded_race
-    bench.main(["--optimizers", f"l2s:{checkpoint}", "--steps", "2", "--batch", "2", "--background", "0", "0", "0",
+    bench.main(["race", "--optimizers", f"l2s:{checkpoint}", "--steps", "2", "--batch", "2", "--background", "0", "0", "0",
                 "--normalize-world", "--sh-degree-interval", "0", "--out", str(tmp_path / "b")])
     printed = capsys.readouterr().out
     assert "overridden by the user: batch 2, background 0 0 0, world normalised, SH all bands from step 0" in printed
@@ -191,7 +192,7 @@ def test_bench_renders_the_sh_bands_of_the_recipes_schedule(monkeypatch):
 
     scene = synthetic_scene(n_views=2, size=8, n_gaussians=50)
     seen = []
-    monkeypatch.setattr(bench, "render_splats", lambda *a, **k: seen.append((a[6], k["eps2d"])) or 1 / 0)
+    monkeypatch.setattr(bench.race, "render_splats", lambda *a, **k: seen.append((a[6], k["eps2d"])) or 1 / 0)
     for step in (0, 3, 4, 20):
         with pytest.raises(ZeroDivisionError):
             bench.training_step(make_splats(), None, None, scene, torch.tensor([0]), CUSTOM, step)
@@ -200,12 +201,13 @@ def test_bench_renders_the_sh_bands_of_the_recipes_schedule(monkeypatch):
 
 
 def test_demo_follows_the_recipe_unless_told(monkeypatch):
-    argvs = []
-    monkeypatch.setattr(demo, "bench_main", argvs.append)
+    configs = []
+    monkeypatch.setattr(demo, "run_race", configs.append)
     demo.main(["--steps", "5"])
     demo.main(["--steps", "5", "--batch", "4", "--background", "1", "1", "1"])
-    assert "--batch" not in argvs[0] and "--background" not in argvs[0]
-    assert argvs[1][-6:] == ["--batch", "4", "--background", "1.0", "1.0", "1.0"]
+    assert set(configs[0].workload.recipe_overrides.values()) == {None}
+    overrides = {k: v for k, v in configs[1].workload.recipe_overrides.items() if v is not None}
+    assert overrides == {"views_per_step": 4, "background": [1.0, 1.0, 1.0]}
 
 
 FAKE_TRAINER = '''

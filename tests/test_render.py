@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
+from l2s_optim.gaussians import quat_to_rotmat
 from l2s_optim.render import rasterization
-from l2s_optim.render.cpu import ALPHA_MAX, ALPHA_THRESHOLD, T_MIN, project, quat_to_rotmat, sh_basis, sh_to_rgb
+from l2s_optim.render.cpu import ALPHA_MAX, ALPHA_THRESHOLD, T_MIN, project, sh_basis, sh_to_rgb
 
 
 def look_at(eye, target=(0.0, 0.0, 0.0)):

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_splats, quadratic_loss, random_net, targets_like
+from conftest import make_splats, quadratic_loss, random_net, steps_against_unit_lr, targets_like
 
 from l2s_optim import Learn2Splat
 
@@ -72,6 +72,10 @@ def test_scheduler_on_a_view_drives_the_joint_lr(splats):
     assert means_group["lr"] == pytest.approx(0.01)
     assert scheduler.get_last_lr() == [means_group["lr"]]
     assert all(g["lr"] == 1.0 for g in joint.param_groups if g["name"] != "means")
+    scheduled, unit = steps_against_unit_lr(joint, splats, targets)  # the joint step uses the scheduled lr
+    torch.testing.assert_close(scheduled["means"], means_group["lr"] * unit["means"])
+    assert unit["means"].abs().max() > 1e-4
+    assert all(torch.equal(scheduled[k], unit[k]) for k in splats if k != "means")
 
 
 def test_view_state_dict_round_trip(splats):

@@ -1,6 +1,6 @@
 """Interleaved timing of one Learn2Splat step, before and after a change, on a shared machine.
 
-As ``l2s-bench --micro`` (bundled ``dense`` network, fixed random gradients, one warm-up step), but
+As ``l2s-bench micro`` (bundled ``dense`` network, fixed random gradients, one warm-up step), but
 the old and the new optimizer step alternately in one process, so that both see the same load.
 ``OLD_SRC`` is a folder holding a copy of the old package renamed ``l2s_old`` (its imports are
 relative), e.g. ``git archive HEAD src/l2s_optim | tar -x -C /tmp/old && mv /tmp/old/src/l2s_optim
@@ -20,7 +20,7 @@ from l2s_optim.data.init import gaussians_from_points
 
 
 def random_splats(n: int) -> torch.nn.ParameterDict:
-    """N random Gaussians with fixed random gradients, as ``l2s-bench --micro``."""
+    """N random Gaussians with fixed random gradients, as ``l2s-bench micro``."""
     g = torch.Generator().manual_seed(0)
     splats = gaussians_from_points(torch.rand(n, 3, generator=g), torch.rand(n, 3, generator=g))
     for p in splats.values():

@@ -1,16 +1,29 @@
-"""Shared pieces of the command-line tools: the help formatter and ``argparse`` ``type=`` validators,
-so that a bad value is refused at parse time with a one-line ``error: argument --steps: ...`` instead
-of a traceback later in the run."""
+"""Shared pieces of the command-line tools: the help formatter, a parser whose errors are one line, and
+``argparse`` ``type=`` validators, so that a bad value is refused at parse time with a one-line
+``error: argument --steps: ...`` instead of a traceback later in the run."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the description's line breaks."""
+    """Shows defaults (but ``None``: such an option's help says what its absence means) and keeps the
+    description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` whose errors are one line on stderr, ``PROG: error: MESSAGE``, and exit
+    status 2 (``--help`` shows the usage); its subparsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def bounded(kind: type[int | float], low: float, *, inclusive: bool = True,

@@ -1,5 +1,6 @@
-"""Checkpoint names, bundled weights, Hugging Face Hub loading and the converter for the authors'
-released Lightning checkpoint.
+"""Checkpoint names: bundled weights, local folders and files, Hugging Face Hub references, and the
+checks every network passes before use. The authors' released ``.ckpt`` is read by
+:mod:`l2s_optim.convert`.
 
 Our format is a folder with ``config.json`` + ``model.safetensors`` (``Learn2SplatNet.save_pretrained``)
 and, optionally, ``recipe.json`` (the training recipe, :mod:`l2s_optim.recipe`; ``Recipe()`` when absent).
@@ -8,11 +9,9 @@ Nothing here unpickles a file unless the caller explicitly trusts it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import pickle
 import re
 import types
 import typing
@@ -28,21 +27,12 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from .network import Learn2SplatNet, NetConfig
-from .recipe import RECIPE_FILE, RELEASE_RECIPE, Recipe
+from .recipe import RECIPE_FILE, Recipe
 
 BUNDLED = ("dense", "sparse")
 HUB_REPO_ENV = "L2S_OPTIM_HUB_REPO"  # a Hub repo with dense/ and sparse/ folders, tried before the bundled weights
 RELEASE_REPO = "autonomousvision/learn2splat"
 RELEASE_FILE = "joint/checkpoints/epoch_7-step_150000.ckpt"
-RELEASE_PREFIX = "scene_trainer.optimizer."
-_RELEASE_ALIASES = {"update_module.": "point_transformer.", "update_head.": "delta_head."}
-_RELEASE_TO_OURS = [
-    (r"point_transformer\.0\.linear\.", "input_proj."),
-    (r"point_transformer\.1\.blocks\.(\d+)\.", r"blocks.\1."),
-    (r"state_scale_head\.", "state_scale."),
-    (r"delta_head\.", "update_mlp."),
-    (r"state_proj\.", "feature_proj."),
-]
 WEIGHTS_FILE = "model.safetensors"
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one part of a Hub repo id
 _FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".json")
@@ -70,7 +60,7 @@ def load_network(spec: str | os.PathLike | Learn2SplatNet, *, trust_pickle: bool
     if isinstance(spec, torch.nn.Module):
         check_config(spec.config)
         for key, value in spec.state_dict().items():
-            _check_weight(key, value)
+            check_weight(key, value)
         return spec
     text = os.fspath(spec)
     if text in BUNDLED:
@@ -81,7 +71,7 @@ def load_network(spec: str | os.PathLike | Learn2SplatNet, *, trust_pickle: bool
     if path.is_file():
         if path.suffix == ".safetensors":
             return _load_folder(path.parent, path.name)
-        return convert_release_checkpoint(path, trust_pickle=trust_pickle)
+        return _convert(path, trust_pickle)
     reference = hub_reference(text)
     if reference is None:
         raise FileNotFoundError(f"checkpoint {text!r} not found: no such file or folder (nor is it 'dense'/'sparse' "
@@ -141,13 +131,21 @@ def _load_folder(folder: Path, weights: str = WEIGHTS_FILE) -> Learn2SplatNet:
     return net
 
 
+def _convert(path: str | os.PathLike, trust_pickle: bool) -> Learn2SplatNet:
+    """The authors' release checkpoint at ``path`` (:func:`l2s_optim.convert.convert_release_checkpoint`)."""
+    from .convert import convert_release_checkpoint  # imported here: the converter builds on this module
+
+    return convert_release_checkpoint(path, trust_pickle=trust_pickle)
+
+
 def _load_hub(repo_id: str, file: str, *, trust_pickle: bool) -> Learn2SplatNet:
     """A Hub reference (see :func:`hub_reference`): a release checkpoint, or a repo in our format."""
     if repo_id == RELEASE_REPO and not file:
         file = RELEASE_FILE
     if file:
-        return convert_release_checkpoint(hf_hub_download(repo_id, file), trust_pickle=trust_pickle)
-    return _load_folder(Path(snapshot_download(repo_id, allow_patterns=["config.json", "model.safetensors", RECIPE_FILE])))
+        return _convert(hf_hub_download(repo_id, file), trust_pickle)
+    files = ["config.json", WEIGHTS_FILE, RECIPE_FILE]
+    return _load_folder(Path(snapshot_download(repo_id, allow_patterns=files)))
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -186,7 +184,8 @@ def check_config(config: NetConfig) -> None:
     if not (math.isfinite(config.adam_eps) and config.adam_eps > 0):
         raise ValueError(f"config field 'adam_eps' must be a finite number > 0, got {config.adam_eps!r}")
     if not (math.isfinite(config.max_log_multiplier) and config.max_log_multiplier >= 0):
-        raise ValueError(f"config field 'max_log_multiplier' must be a finite number >= 0, got {config.max_log_multiplier!r}")
+        raise ValueError("config field 'max_log_multiplier' must be a finite number >= 0, got "
+                         f"{config.max_log_multiplier!r}")
     if not all(math.isfinite(lr) and lr > 0 for lr in config.adam_lrs):
         raise ValueError(f"config field 'adam_lrs' must be finite numbers > 0, got {config.adam_lrs!r}")
     for low, high in _CLAMP_RANGES:
@@ -197,7 +196,8 @@ def check_config(config: NetConfig) -> None:
         raise ValueError(f"config field 'feature_dim' must be None or >= 1, got {config.feature_dim!r}")
 
 
-def _check_weight(key: str, value: Any) -> None:
+def check_weight(key: str, value: Any) -> None:
+    """Refuse a weight that is not a finite floating-point tensor (``ValueError`` naming ``key``)."""
     if not isinstance(value, Tensor) or not value.is_floating_point():
         raise ValueError(f"weight {key!r} must be a floating-point tensor, got {getattr(value, 'dtype', type(value))}")
     if not bool(torch.isfinite(value).all()):
@@ -214,109 +214,9 @@ def build_network(config: NetConfig, weights: Mapping[str, Any]) -> Learn2SplatN
     if missing or unexpected:
         raise ValueError(f"the weights do not match the architecture: missing {missing}, unexpected {unexpected}")
     for key, shape in expected.items():
-        _check_weight(key, weights[key])
+        check_weight(key, weights[key])
         if tuple(weights[key].shape) != shape:
             raise ValueError(f"weight {key!r} has shape {list(weights[key].shape)} but the config needs {list(shape)}")
     net = Learn2SplatNet(config)
     net.load_state_dict(weights)
     return net
-
-
-# ----------------------------------------------------------------------------- release converter
-def _read_checkpoint(path: str | os.PathLike, trust_pickle: bool) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} holds objects that the safe loader (torch.load(weights_only=True)) refuses: {err}. "
-            "If, and only if, you trust this file, convert it with `l2s-convert --trust-pickle`."
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    if not isinstance(state, dict):
-        raise TypeError(f"{path} is not a checkpoint: expected a dict of weights (or one under 'state_dict'), "
-                         f"got {type(state).__name__}")
-    return state
-
-
-def release_state_to_ours(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], NetConfig]:
-    """Map the optimizer weights of a released Lightning ``state_dict`` onto our layout.
-
-    Fails on a checkpoint without Learn2Splat weights and on any key it cannot map.
-    """
-    ours = {}
-    for key, value in state.items():
-        if not (isinstance(key, str) and key.startswith(RELEASE_PREFIX)):
-            continue
-        _check_weight(key, value)
-        key = key[len(RELEASE_PREFIX) :]
-        for old, new in _RELEASE_ALIASES.items():
-            key = new + key[len(old) :] if key.startswith(old) else key
-        for pattern, target in _RELEASE_TO_OURS:
-            mapped, hits = re.subn("^" + pattern, target, key)
-            if hits:
-                break
-        else:
-            raise ValueError(f"unexpected key in release checkpoint: {RELEASE_PREFIX}{key}")
-        if mapped == "feature_proj.weight":
-            value = value.reshape(value.shape[0], -1)  # 1x1 convolution -> linear
-        ours[mapped] = value.float()
-    if not ours:
-        raise ValueError(f"no Learn2Splat optimizer weights (keys starting with {RELEASE_PREFIX!r}) in checkpoint")
-    return ours, _infer_config(ours)
-
-
-def _infer_config(state: dict[str, Tensor]) -> NetConfig:
-    """The release's architecture, from the shapes of its weights (then checked by :func:`build_network`)."""
-
-    def matrix(key: str) -> tuple[int, int]:
-        if key not in state or state[key].ndim != 2:
-            found = list(state[key].shape) if key in state else "nothing"
-            raise ValueError(f"the weight {key!r} (mapped from the release's names) must be a matrix, found {found}")
-        return state[key].shape
-
-    width, input_dim = matrix("input_proj.weight")
-    degrees = [d for d in range(4) if 2 * (11 + 3 * (d + 1) ** 2) + width == input_dim]
-    if not degrees:
-        raise ValueError(f"input_proj.weight is {width} x {input_dim}: no SH degree 0..3 gives {input_dim} inputs "
-                         f"for width {width}")
-    feature = state.get("feature_proj.weight")
-    return NetConfig(
-        sh_degree=degrees[0],
-        width=width,
-        depth=len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
-        heads=1,  # the release uses one head and k = 4; neither is visible in the weights
-        attn_dim=matrix("blocks.0.attn.qkv.weight")[0] // 3,
-        mlp_hidden=matrix("blocks.0.mlp.fc1.weight")[0],
-        k=4,
-        feature_dim=None if feature is None else feature.shape[1],
-    )
-
-
-def convert_release_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Learn2SplatNet:
-    """Load the authors' Lightning ``.ckpt`` into a :class:`Learn2SplatNet` (every key mapped, none left),
-    with the release's training recipe (:data:`~l2s_optim.recipe.RELEASE_RECIPE`)."""
-    state = _read_checkpoint(path, trust_pickle)
-    try:
-        weights, config = release_state_to_ours(state)
-        net = build_network(config, weights)
-    except ValueError as err:
-        raise ValueError(f"release checkpoint {path}: {err}") from err
-    net.recipe = RELEASE_RECIPE
-    return net
-
-
-def convert_main(argv: list[str] | None = None) -> None:
-    """``l2s-convert``: release ``.ckpt`` (local or Hub) -> our ``config.json`` + ``model.safetensors`` +
-    ``recipe.json`` (the release's training recipe) folder."""
-    parser = argparse.ArgumentParser(prog="l2s-convert", description=convert_main.__doc__)
-    parser.add_argument("checkpoint", help=f"a local .ckpt, or owner/repo/path.ckpt on the Hub (e.g. {RELEASE_REPO})")
-    parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow full unpickling (runs code from the file): only for files you trust")
-    args = parser.parse_args(argv)
-    net = load_network(args.checkpoint, trust_pickle=args.trust_pickle)
-    net.save_pretrained(args.out)
-    print(f"wrote {args.out}/config.json, model.safetensors ({sum(p.numel() for p in net.parameters()):,} weights) "
-          f"and {RECIPE_FILE}: {net.recipe.describe()}")

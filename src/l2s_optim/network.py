@@ -30,10 +30,8 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from .gaussians import GSPLAT_LRS
 from .recipe import Recipe
-
-# gsplat simple_trainer's default Adam learning rates (means: for a scene of scale 1)
-GSPLAT_LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 2.5e-3 / 20}
 
 
 @dataclass(frozen=True)

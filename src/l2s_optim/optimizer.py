@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .gaussians import ALIASES, ROLES, check_gaussians, role_of, sh_degree_of
 from .hub import load_network
 from .knn import knn, resolve_backend
-from .network import Learn2SplatNet
+from .network import Learn2SplatNet, NetConfig
 from .recipe import Recipe
 from .state_io import (
     FORMAT_KEY,
@@ -30,17 +31,13 @@ from .state_io import (
     load_in_place,
 )
 from .step import (
-    ROLES,
     Autocast,
     GaussianState,
     active_rows,
     apply_learned_step,
     autocast_policy,
     check_finite_rows,
-    check_gaussians,
     knn_graph,
-    role_of,
-    sh_degree_of,
     take,
 )
 
@@ -71,6 +68,35 @@ def _named_groups(params: ParamsLike) -> list[dict[str, Any]]:
     return groups
 
 
+# Below this a group's lr reads as an absolute Adam learning rate: gsplat's defaults are 1.6e-4 (means, times
+# the scene scale) to 5e-2 (opacities), while a multiplier this small shrinks the meta-trained update at least
+# 20-fold, which freezes training (0, to freeze a group on purpose, is not warned about).
+ADAM_LIKE_LR = 0.05
+
+
+def _warn_adam_arguments(groups: list[dict[str, Any]], config: NetConfig, betas: Any, eps: Any, fused: Any,
+                         foreach: Any) -> None:
+    """One ``RuntimeWarning`` naming the groups whose lr looks like an Adam learning rate (see
+    :data:`ADAM_LIKE_LR`), and one naming Adam's arguments given with values that would change Adam's steps
+    (``betas``, ``eps`` other than the network's) or implementation (``fused``, ``foreach`` True), which
+    Learn2Splat ignores."""
+    absolute = [f"{g['name']!r} (lr {g['lr']:g})" for g in groups if 0 < g["lr"] <= ADAM_LIKE_LR]
+    if absolute:
+        warnings.warn(f"Learn2Splat: param group(s) {', '.join(absolute)} have an lr that looks like an Adam learning "
+                      "rate, but Learn2Splat's lr multiplies the learned update (1.0 = as meta-trained), so these "
+                      "attributes will barely move: leave lr at 1.0 (scale the means group's lr only, by the scene "
+                      "scale)", RuntimeWarning, stacklevel=3)
+    ours = (config.adam_beta1, config.adam_beta2)
+    given = {"betas": betas, "eps": eps, "fused": fused, "foreach": foreach}
+    matters = {"betas": betas is not None and tuple(betas) != ours, "eps": eps is not None and eps != config.adam_eps,
+               "fused": bool(fused), "foreach": bool(foreach)}
+    ignored = [f"{name}={given[name]!r}" for name, flag in matters.items() if flag]
+    if ignored:
+        warnings.warn(f"Learn2Splat ignores {', '.join(ignored)}: the network reads Adam moments with the constants it "
+                      f"was meta-trained with (betas {ours}, eps {config.adam_eps:g}) and has one implementation",
+                      RuntimeWarning, stacklevel=3)
+
+
 class Learn2Splat(Optimizer):
     """Learned optimizer for 3D Gaussian Splatting, a drop-in for ``torch.optim.Adam``.
 
@@ -78,21 +104,26 @@ class Learn2Splat(Optimizer):
     over the means reads the raw parameters, their Adam-normalised gradients and a per-Gaussian
     latent state, and predicts the update. Gaussians whose gradient is exactly zero this step
     (unseen) are left untouched, state included, and so are attributes without a gradient. Bad input
-    is refused before anything is written (see ``docs/errors.md``).
+    is refused before anything is written (see ``docs/errors.md``). Unlike Adam's, its ``lr`` is not a
+    learning rate but a multiplier of the learned update: leave it at 1.0 (see ``lr`` below).
 
     Args:
         params: named Gaussian attributes, raw (pre-activation) and N first, as gsplat stores
             them: a dict / ``nn.ParameterDict`` name -> tensor, or param groups (one tensor each)
             with a ``"name"`` key. Names ``means, scales, quats, opacities, sh0`` and optional
             ``shN`` (or the INRIA names ``xyz, scaling, rotation, opacity, features_dc,
-            features_rest``); see :mod:`l2s_optim.step` for shapes and activations.
+            features_rest``, or nerfstudio splatfacto's, with ``features_dc`` [N,3]); see
+            :mod:`l2s_optim.gaussians` for shapes and activations.
         checkpoint: ``"dense"``/``"sparse"`` (bundled weights), a local folder or file
             (``config.json`` + ``model.safetensors``, or the authors' ``.ckpt``), a Hugging Face
             Hub repo id, or a :class:`Learn2SplatNet`.
-        lr: multiplier on the predicted update (1.0 = as meta-trained); per group, so lr
-            schedulers work. The means update is in the world units of the checkpoint's ``recipe``
-            (bundled: normalised scenes, cameras about 1 from the centre; the release: raw COLMAP
-            units): for another scale, give the ``means`` group that scale as its lr.
+        lr: NOT a learning rate: a multiplier on the learned update, 1.0 = the step the network was
+            meta-trained to take (the default; leave it). Per group, so lr schedulers work. Adam's
+            learning rates (gsplat's: 1.6e-4 to 5e-2) would shrink the update that much and freeze
+            training: a group lr in (0, 0.05] warns (``RuntimeWarning``). The means update is in the
+            world units of the checkpoint's ``recipe`` (bundled: normalised scenes, cameras about 1 from
+            the centre; the release: raw COLMAP units): for another scale, give the ``means`` group that
+            scale as its lr.
         seed: seeds the N(0,1) initial latent state of fresh Gaussians (reproducible resumes).
         knn_every: recompute the neighbour graph every this many steps (1 = every step, as
             released and exact; larger values reuse a graph over all Gaussians, for big scenes).
@@ -105,8 +136,11 @@ class Learn2Splat(Optimizer):
         chunk_size: run the network over at most this many Gaussians at a time (the attention's
             keys and values of all Gaussians are computed first), so a step's working memory stays
             bounded at any N; the result is the same as unchunked. None: one pass over all.
-        betas, eps, fused, foreach: accepted so that code written for Adam keeps working;
-            ignored (the network was meta-trained with its own normalisation constants).
+        betas, eps, fused, foreach: accepted so that code written for Adam keeps working, and
+            ignored: the network reads Adam moments with the constants it was meta-trained with
+            (``NetConfig.adam_beta1``, ``adam_beta2``, ``adam_eps``) and has one implementation.
+            Values that would change Adam's steps (betas or eps other than the network's) or its
+            implementation (``fused``/``foreach`` True) warn (``RuntimeWarning``).
     """
 
     def __init__(
@@ -135,9 +169,11 @@ class Learn2Splat(Optimizer):
         roles = [role_of(g["name"]) for g in self.param_groups]
         unknown = [g["name"] for g, r in zip(self.param_groups, roles) if r is None]
         if unknown:
-            raise ValueError(f"unknown parameter name(s) {unknown}; expected {list(ROLES)} or the INRIA names")
+            raise ValueError(f"unknown parameter name(s) {unknown}; expected {list(ROLES)} or the INRIA / splatfacto "
+                             f"names {list(ALIASES)}")
         if len(set(roles)) != len(roles):
-            raise ValueError(f"each Gaussian attribute may appear once, got names {[g['name'] for g in self.param_groups]}")
+            names = [g["name"] for g in self.param_groups]
+            raise ValueError(f"each Gaussian attribute may appear once, got names {names}")
         self._lrs_by_role()  # checks every group's lr
         params_by_role = self._params_by_role()
         n = check_gaussians(params_by_role)
@@ -150,6 +186,7 @@ class Learn2Splat(Optimizer):
         self.seed = seed
         self.knn_every = knn_every
         self.chunk_size = chunk_size
+        _warn_adam_arguments(self.param_groups, config, betas=betas, eps=eps, fused=fused, foreach=foreach)
         self._warned: set[str] = set()
         if sh_degree_of(params_by_role) < config.sh_degree and self.recipe.sh_degree_interval == 0:
             self._warn_deviation("sh_degree", f"the parameters have SH degree {sh_degree_of(params_by_role)} but "
@@ -363,7 +400,9 @@ class _NamedView(Optimizer):
         self.state = joint.state
 
     @torch.no_grad()
-    def step(self, visibility: Tensor | Callable[[], Any] | None = None, closure: Callable[[], Any] | None = None) -> Any:
+    def step(
+        self, visibility: Tensor | Callable[[], Any] | None = None, closure: Callable[[], Any] | None = None
+    ) -> Any:
         if callable(visibility):
             visibility, closure = None, visibility
         loss = None

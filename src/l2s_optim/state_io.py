@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .step import role_of
+from .gaussians import role_of
 
 FORMAT_KEY = "learn2splat"
 FORMAT_VERSION = 1
@@ -80,7 +80,8 @@ def _check_entry(entry: Any, name: str, param: Tensor, width: int) -> None:
     shapes = {"exp_avg": tuple(param.shape), "exp_avg_sq": tuple(param.shape), "gaussian_step": (n,),
               "latent": (n, width), "step": ()}
     for key, value in entry.items():
-        _check_tensor(value, f"{where} {key!r}", shapes[key], needs + (f" and latent width {width}" if key == "latent" else ""))
+        width_too = f" and latent width {width}" if key == "latent" else ""
+        _check_tensor(value, f"{where} {key!r}", shapes[key], needs + width_too)
     if "exp_avg_sq" in entry and bool((entry["exp_avg_sq"] < 0).any()):
         raise ValueError(f"{where} 'exp_avg_sq' has negative entries (a second moment is >= 0)")
     for key in ("gaussian_step", "step"):
@@ -124,7 +125,9 @@ def checked_graph(state_dict: Mapping[str, Any], n: int, k: int) -> tuple[int, T
     if graph is None:
         return None
     where = "saved kNN graph"
-    built_at, neighbours = (graph.get("built_at"), graph.get("neighbours")) if isinstance(graph, Mapping) else (None, None)
+    built_at, neighbours = (
+        (graph.get("built_at"), graph.get("neighbours")) if isinstance(graph, Mapping) else (None, None)
+    )
     if isinstance(built_at, bool) or not isinstance(built_at, int) or built_at < 0:
         raise ValueError(f"{where} 'built_at' must be a step number >= 0, got {built_at!r}")
     shape = (n, min(k, n))

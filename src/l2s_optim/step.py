@@ -3,21 +3,8 @@ the network call, unpacking and clamps, and :func:`apply_learned_step`, the one 
 per-Gaussian state into a step for both ``Learn2Splat.step`` and meta-training. No optimizer
 bookkeeping (param groups, ``state_dict``) lives here.
 
-Gaussian attributes follow gsplat's raw, pre-activation storage, N first:
-
-=============  ===============  ==========================================================
-role           shape            meaning
-=============  ===============  ==========================================================
-``means``      [N,3]            world positions (no activation)
-``scales``     [N,3]            log standard deviations (activation ``exp``)
-``quats``      [N,4]            unnormalised rotation, scalar first (w, x, y, z)
-``opacities``  [N] or [N,1]     opacity logits (activation ``sigmoid``)
-``sh0``        [N,1,3]          SH DC coefficients (RGB last)
-``shN``        [N,K-1,3]        higher SH coefficients, K = (degree + 1)^2; optional (degree 0)
-=============  ===============  ==========================================================
-
-The INRIA 3DGS names ``xyz, scaling, rotation, opacity, features_dc, features_rest`` are the
-same tensors under other names.
+Gaussian attributes are role -> [N,...] tensors, raw and N first (roles, shapes and names:
+:mod:`l2s_optim.gaussians`).
 
 The network sees each Gaussian as one packed row of P = 11 + 3 * K_net numbers in the layout the
 released model was trained on: means | log-scales | quaternion (x, y, z, w) | opacity logit |
@@ -29,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -39,63 +26,8 @@ from torch import Tensor
 from .knn import knn
 from .network import Learn2SplatNet, NetConfig, row_chunks
 
-ROLES = ("means", "scales", "quats", "opacities", "sh0", "shN")
-REQUIRED_ROLES = ROLES[:5]
-INRIA_NAMES = {
-    "xyz": "means",
-    "scaling": "scales",
-    "rotation": "quats",
-    "opacity": "opacities",
-    "features_dc": "sh0",
-    "features_rest": "shN",
-}
-_ROW_SHAPES = {"means": [(3,)], "scales": [(3,)], "quats": [(4,)], "opacities": [(), (1,)], "sh0": [(1, 3)]}
 Autocast = Literal["auto", "bf16", "fp32"]
 AUTOCAST = ("auto", "bf16", "fp32")
-
-
-def role_of(name: str) -> str | None:
-    """The attribute role of a parameter name (gsplat or INRIA naming), or None."""
-    return name if name in ROLES else INRIA_NAMES.get(name)
-
-
-def sh_degree_of(tensors: Mapping[str, Tensor]) -> int:
-    """SH degree implied by ``shN`` (0 when absent)."""
-    if "shN" not in tensors:
-        return 0
-    coeffs = tensors["shN"].shape[1] + 1
-    degree = round(coeffs**0.5) - 1
-    if (degree + 1) ** 2 != coeffs or degree > 3:
-        raise ValueError(f"shN must be [N,K-1,3] with K in (4, 9, 16), got {list(tensors['shN'].shape)}")
-    return degree
-
-
-def check_gaussians(tensors: Mapping[str, Tensor], what: str = "parameter") -> int:
-    """Validate a role -> tensor mapping (parameters or gradients); return N.
-
-    Raises ``ValueError`` naming the missing role, the wrong shape or the mismatched N, and ``TypeError``
-    for a dtype other than float32/float64 (integers cannot be stepped; in float16/bfloat16 Adam's
-    moments and ``eps`` underflow).
-    """
-    missing = [r for r in REQUIRED_ROLES if r not in tensors]
-    if missing:
-        raise ValueError(f"missing Gaussian {what}(s) {missing}: Learn2Splat needs means, scales, quats, "
-                         "opacities and sh0 (shN optional), by gsplat or INRIA names")
-    n = tensors["means"].shape[0] if tensors["means"].ndim else -1
-    for role, t in tensors.items():
-        if t.ndim == 0 or t.shape[0] != n:
-            raise ValueError(f"{what} {role!r} has shape {list(t.shape)} but means has N={n} rows; "
-                             "every attribute must have the same number of Gaussians first")
-        if t.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"{what} {role!r} has dtype {t.dtype}: Learn2Splat steps float32 or float64 Gaussians "
-                            "(keep them in float32 and autocast the renderer instead)")
-        allowed = _ROW_SHAPES.get(role)
-        if allowed is not None and tuple(t.shape[1:]) not in allowed:
-            raise ValueError(f"{what} {role!r} must be [N,{','.join(map(str, allowed[-1]))}], got {list(t.shape)}")
-    if "shN" in tensors and (tensors["shN"].ndim != 3 or tensors["shN"].shape[2] != 3):
-        raise ValueError(f"{what} 'shN' must be [N,K-1,3], got {list(tensors['shN'].shape)}")
-    sh_degree_of(tensors)
-    return n
 
 
 def active_rows(grads: Mapping[str, Tensor]) -> Tensor:
@@ -149,7 +81,7 @@ def pack(tensors: Mapping[str, Tensor], sh_coeffs: int) -> Tensor:
     n = tensors["means"].shape[0]
     dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors.values()))
     quats = tensors["quats"]
-    sh = [tensors["sh0"]] + ([tensors["shN"]] if "shN" in tensors else [])
+    sh = [tensors["sh0"].reshape(n, 1, 3)] + ([tensors["shN"]] if "shN" in tensors else [])  # sh0 may be [N,3]
     missing = sh_coeffs - sum(t.shape[1] for t in sh)  # a lower SH degree than the network's
     if missing:
         sh.append(quats.new_zeros(n, missing, 3, dtype=dtype))
@@ -160,7 +92,7 @@ def pack(tensors: Mapping[str, Tensor], sh_coeffs: int) -> Tensor:
 
 def unpack(packed: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Inverse of :func:`pack`: [N,P] rows -> role -> [N, *row shape of ``like[role]``] (views, but the
-    reordered quaternion)."""
+    reordered quaternion); ``opacities`` and ``sh0`` take ``like``'s form ([N] or [N,1]; [N,1,3] or [N,3])."""
     n = packed.shape[0]
     means, scales, quats, opacities, sh = _views(packed)
     out = {
@@ -168,7 +100,7 @@ def unpack(packed: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
         "scales": scales,
         "quats": torch.cat([quats[:, 3:], quats[:, :3]], dim=1),  # x, y, z, w -> w, x, y, z
         "opacities": opacities.reshape(n, *like["opacities"].shape[1:]),
-        "sh0": sh[:, :1],
+        "sh0": sh[:, :1].reshape(n, *like["sh0"].shape[1:]),
     }
     if "shN" in like:
         out["shN"] = sh[:, 1 : like["shN"].shape[1] + 1]
@@ -202,33 +134,35 @@ def put(full: Tensor, rows: Tensor, idx: Tensor | None, in_place: bool) -> Tenso
 class GaussianState:
     """The learned optimizer's per-Gaussian state of N Gaussians (or of A selected rows).
 
-    ``exp_avg``/``exp_avg_sq``: role -> Adam moments shaped like the parameter; ``count``: role -> [N]
-    Adam steps taken (fp32); ``latent``: [N,W] the network's latent state. A row is fresh (gets an
-    initial latent at its first step) when its ``means`` counter is 0 and its latent is all zero: rows
-    appended as zeros by gsplat's densification are fresh, latents projected from ``init_features`` are kept.
+    ``exp_avg``/``exp_avg_sq``: role -> Adam moments shaped like the parameter; ``gaussian_step``: role ->
+    [N] Adam steps taken (fp32; the optimizer's state key of the same name); ``latent``: [N,W] the network's
+    latent state. A row is fresh (gets an initial latent at its first step) when its ``means`` counter is 0
+    and its latent is all zero: rows appended as zeros by gsplat's densification are fresh, latents
+    projected from ``init_features`` are kept.
     """
 
     exp_avg: dict[str, Tensor]
     exp_avg_sq: dict[str, Tensor]
-    count: dict[str, Tensor]
+    gaussian_step: dict[str, Tensor]
     latent: Tensor
 
     def rows(self, idx: Tensor | None) -> GaussianState:
         """The state of rows ``idx`` [A] (this state when ``idx`` is None)."""
         if idx is None:
             return self
-        mappings = (self.exp_avg, self.exp_avg_sq, self.count)
+        mappings = (self.exp_avg, self.exp_avg_sq, self.gaussian_step)
         return GaussianState(*({r: take(t, idx) for r, t in d.items()} for d in mappings), take(self.latent, idx))
 
     def put_rows(self, rows: GaussianState, idx: Tensor | None, in_place: bool) -> GaussianState:
         """This state with rows ``idx`` set to ``rows`` (see :func:`put`)."""
-        mappings = ((self.exp_avg, rows.exp_avg), (self.exp_avg_sq, rows.exp_avg_sq), (self.count, rows.count))
+        mappings = ((self.exp_avg, rows.exp_avg), (self.exp_avg_sq, rows.exp_avg_sq),
+                    (self.gaussian_step, rows.gaussian_step))
         return GaussianState(*({r: put(full[r], new[r], idx, in_place) for r in full} for full, new in mappings),
                              put(self.latent, rows.latent, idx, in_place))
 
     def fresh_rows(self) -> Tensor:
         """[F] indices of the fresh rows (see the class doc); only never-stepped rows are scanned."""
-        never = self.count["means"].eq(0).nonzero().squeeze(1)
+        never = self.gaussian_step["means"].eq(0).nonzero().squeeze(1)
         return never[self.latent.detach()[never].eq(0).all(1)]
 
 
@@ -300,22 +234,23 @@ class StepResult:
     normalised: dict[str, Tensor]  # role -> [A,...] the Adam-normalised gradients the network saw
 
 
-def check_finite_step(result: StepResult, inputs: Mapping[str, Tensor], idx: Tensor | None) -> None:
-    """Refuse a step whose new rows (parameters, moments, latent) are not all finite: finite but extreme
-    inputs (a log-scale of 1e30) overflow the network, and the attention spreads that row's NaN to its
-    neighbours. ``ValueError`` naming the rows (``idx`` maps them to the N Gaussians; None: identity) and
-    the largest input magnitude among them (``inputs``: role -> [A,...] the parameters stepped)."""
-    new = result.state
-    outputs = [*result.params.values(), *new.exp_avg.values(), *new.exp_avg_sq.values(), new.latent]
+def nonfinite_rows(outputs: Iterable[Tensor]) -> Tensor:
+    """[F] indices of the rows that are not all finite in some of the new values ``outputs`` ([B,...] each)."""
     finite = torch.stack([torch.isfinite(row_peaks(t)) for t in outputs]).all(0)
-    if bool(finite.all()):
+    return (~finite).nonzero().squeeze(1)
+
+
+def refuse_nonfinite(rows: Tensor, params: Mapping[str, Tensor]) -> None:
+    """Refuse a step that would write NaN or Inf into the Gaussians ``rows`` [F] (ascending indices into the N
+    rows of ``params``, role -> [N,...]; none: return): finite but extreme inputs (a log-scale of 1e30) overflow
+    the network, and the attention spreads that row's NaN to its neighbours. ``ValueError`` naming the rows and
+    the largest parameter magnitude among them."""
+    if not rows.numel():
         return
-    bad = (~finite).nonzero().squeeze(1)
-    peaks = {r: row_peaks(t)[bad].max(0) for r, t in inputs.items()}
+    peaks = {r: row_peaks(p[rows]).max(0) for r, p in params.items()}
     role = max(peaks, key=lambda r: peaks[r].values.item())
-    rows = take(idx, bad) if idx is not None else bad
     raise ValueError(
-        f"this step would write NaN or Inf into {bad.numel()} Gaussian(s), rows {_first_rows(rows)}: their inputs "
+        f"this step would write NaN or Inf into {rows.numel()} Gaussian(s), rows {_first_rows(rows)}: their inputs "
         f"overflow the network (the largest is |{role}| = {peaks[role].values.item():.3g} at row "
         f"{rows[peaks[role].indices].item()}); parameters and state left unchanged"
     )
@@ -343,7 +278,7 @@ def learned_step(
     net_dtype = next(net.parameters()).dtype
     with network_autocast(autocast, rows.x.device):
         delta, latent = net(rows.x.to(net_dtype), state.latent.to(net_dtype), rows.normalised.to(net_dtype), *graph,
-                            steps=rows.count["means"])
+                            steps=rows.gaussian_step["means"])
     updated = updated_rows(net.config, rows.x, delta, params, lrs)
     return StepResult(unpack(updated, params), rows.new_state(state, latent.to(state.latent.dtype)),
                       unpack(rows.normalised, grads))
@@ -356,13 +291,13 @@ class PreparedRows:
     x: Tensor  # [B,P] raw parameters
     exp_avg: Tensor  # [B,P] first moments, this step's gradient included
     exp_avg_sq: Tensor  # [B,P] second moments
-    count: dict[str, Tensor]  # role -> [B] Adam steps, this one included
+    gaussian_step: dict[str, Tensor]  # role -> [B] Adam steps, this one included
     normalised: Tensor  # [B,P] Adam-normalised gradients
 
     def new_state(self, state: GaussianState, latent: Tensor) -> GaussianState:
         """The rows' new state: these moments and counters (shaped like ``state``'s) and ``latent`` [B,W]."""
-        return GaussianState(unpack(self.exp_avg, state.exp_avg), unpack(self.exp_avg_sq, state.exp_avg_sq), self.count,
-                             latent)
+        return GaussianState(unpack(self.exp_avg, state.exp_avg), unpack(self.exp_avg_sq, state.exp_avg_sq),
+                             self.gaussian_step, latent)
 
 
 def prepare_rows(
@@ -371,10 +306,10 @@ def prepare_rows(
     """Pack B rows (role -> [B,...] parameters and gradients, their state) and take Adam's moment step;
     nothing given is modified."""
     sh = config.sh_coeffs
-    count = {r: c + 1 for r, c in state.count.items()}
+    steps = {r: c + 1 for r, c in state.gaussian_step.items()}
     exp_avg, exp_avg_sq = pack(state.exp_avg, sh), pack(state.exp_avg_sq, sh)
-    normalised = adam_normalise_(pack(grads, sh), exp_avg, exp_avg_sq, bias_corrections(count, grads, config), config)
-    return PreparedRows(pack(params, sh), exp_avg, exp_avg_sq, count, normalised)
+    normalised = adam_normalise_(pack(grads, sh), exp_avg, exp_avg_sq, bias_corrections(steps, grads, config), config)
+    return PreparedRows(pack(params, sh), exp_avg, exp_avg_sq, steps, normalised)
 
 
 def network_autocast(policy: Autocast, device: torch.device) -> torch.autocast:
@@ -401,20 +336,29 @@ def learned_step_chunked_(
     lrs: Mapping[str, float],
     autocast: Autocast,
     chunk_size: int,
+    fresh: Tensor,
+    fresh_latent: Callable[[int], Tensor],
+    validate: bool,
 ) -> None:
     """:func:`learned_step` of the rows ``idx`` [A] (None: all N), written into ``params`` and ``state`` (N
     rows) ``chunk_size`` rows at a time: deployment only (no autograd), the same numbers in bounded memory.
 
-    Everything but the attention is row by row, so it runs per chunk: first packing, Adam's moment step
-    (written into ``state``) and the network's input projection; then the blocks, each over all rows
-    chunk by chunk (:meth:`~l2s_optim.network.PointBlock.forward_chunked_`); then the Update MLP and the
-    parameter update. Besides one chunk's temporaries it holds the A rows' block activations [A,W],
-    state scales [A,1] and normalised gradients [A,P], and one block's keys and values [A,2D].
+    Everything but the attention is row by row, so it runs per chunk, in passes that write nothing until
+    the last: (1) packing, Adam's moment step and the network's input projection; then the blocks, each
+    over all rows chunk by chunk (:meth:`~l2s_optim.network.PointBlock.forward_chunked_`); (2) the Update
+    MLP and the new parameters; with ``validate``, a step whose new parameters, moments or latent would not
+    all be finite is refused here (:func:`refuse_nonfinite`); (3) the moments again (cheap, rather than
+    held) and every new value written. Besides one chunk's temporaries a step holds the A rows' block
+    activations [A,W], state scales [A,1] and normalised gradients, then new parameters [A,P], and one
+    block's keys and values [A,2D].
 
     Args:
-        params, grads: role -> [N,...]; state: the N rows' state, fresh rows of ``idx`` already given
-            their initial latent.
+        params, grads: role -> [N,...]; state: the N rows' state.
         graph: neighbours [A,k] (indices into the A rows) and valid [A,k].
+        fresh: [F] the fresh rows among ``idx`` (see :class:`GaussianState`), ascending indices into the N rows.
+        fresh_latent: count -> [count,W] their initial latent states, in row order (held during pass 1 only;
+            ``state`` is written for them in the last pass, as for the other rows).
+        validate: refuse a step whose new rows would not be finite, before anything is written.
     """
     config = net.config
     net_dtype = next(net.parameters()).dtype
@@ -422,30 +366,54 @@ def learned_step_chunked_(
     a = params["means"].shape[0] if idx is None else idx.shape[0]
     chunks = row_chunks(a, chunk_size)
     at = [torch.arange(c.start, c.stop, device=device) if idx is None else idx[c] for c in chunks]
-    x = scale = normalised = None
-    for c, rows_at in zip(chunks, at):
-        rows = state.rows(rows_at)
-        prepared = prepare_rows(config, {r: take(p, rows_at) for r, p in params.items()},
-                                {r: take(g, rows_at) for r, g in grads.items()}, rows)
+
+    def prepared_rows(rows_at: Tensor) -> tuple[dict[str, Tensor], GaussianState, PreparedRows]:
+        rows, param_rows = state.rows(rows_at), {r: take(p, rows_at) for r, p in params.items()}
+        return param_rows, rows, prepare_rows(config, param_rows, {r: take(g, rows_at) for r, g in grads.items()}, rows)
+
+    x = scale = packed = None  # packed [A,P]: the normalised gradients, then (from pass 2 on) the new parameters
+    bad = []  # indices into the N rows that would not be finite
+    initial = fresh_latent(fresh.numel())
+    for c, rows_at in zip(chunks, at):  # pass 1
+        _, rows, prepared = prepared_rows(rows_at)
+        latent = _with_fresh(rows.latent, rows_at, fresh, initial)
         with network_autocast(autocast, device):
-            x_rows, scale_rows = net.encode(prepared.x.to(net_dtype), rows.latent.to(net_dtype),
-                                            prepared.normalised.to(net_dtype), steps=prepared.count["means"])
+            x_rows, scale_rows = net.encode(prepared.x.to(net_dtype), latent.to(net_dtype),
+                                            prepared.normalised.to(net_dtype), steps=prepared.gaussian_step["means"])
         if x is None:
             x, scale = x_rows.new_empty(a, x_rows.shape[1]), scale_rows.new_empty(a, 1)
-            normalised = prepared.normalised.new_empty(a, prepared.normalised.shape[1])
-        x[c], scale[c], normalised[c] = x_rows, scale_rows, prepared.normalised
-        state.put_rows(prepared.new_state(rows, rows.latent), rows_at, in_place=True)
+            packed = prepared.normalised.new_empty(a, prepared.normalised.shape[1])
+        x[c], scale[c], packed[c] = x_rows, scale_rows, prepared.normalised
+        if validate:
+            bad.append(rows_at[nonfinite_rows([prepared.exp_avg, prepared.exp_avg_sq])])
+    del initial
     with network_autocast(autocast, device):
         for block in net.blocks:
             block.forward_chunked_(x, *graph, chunk_size)
-    for c, rows_at in zip(chunks, at):
+    for c, rows_at in zip(chunks, at):  # pass 2
         param_rows = {r: take(p, rows_at) for r, p in params.items()}
         with network_autocast(autocast, device):
-            delta = net.decode(x[c], scale[c], normalised[c].to(net_dtype))
-        updated = unpack(updated_rows(config, pack(param_rows, config.sh_coeffs), delta, param_rows, lrs), param_rows)
-        for r, p in params.items():
-            put(p, updated[r], rows_at, in_place=True)
-        put(state.latent, x[c].float().to(state.latent.dtype), rows_at, in_place=True)
+            delta = net.decode(x[c], scale[c], packed[c].to(net_dtype))
+        packed[c] = updated_rows(config, pack(param_rows, config.sh_coeffs), delta, param_rows, lrs)
+        if validate:
+            bad.append(rows_at[nonfinite_rows([*unpack(packed[c], param_rows).values(), x[c]])])
+    if validate:
+        refuse_nonfinite(torch.cat(bad).unique(), params)
+    for c, rows_at in zip(chunks, at):  # pass 3
+        param_rows, rows, prepared = prepared_rows(rows_at)
+        for r, p in unpack(packed[c], param_rows).items():
+            put(params[r], p, rows_at, in_place=True)
+        state.put_rows(prepared.new_state(rows, x[c].float()), rows_at, in_place=True)
+
+
+def _with_fresh(latent: Tensor, rows_at: Tensor, fresh: Tensor, fresh_latent: Tensor) -> Tensor:
+    """``latent`` [B,W] of the rows ``rows_at`` [B] (ascending indices), written over with ``fresh_latent``
+    [F,W] where a row is among ``fresh`` [F] (ascending indices)."""
+    if not fresh.numel():
+        return latent
+    at = torch.searchsorted(fresh, rows_at).clamp_(max=fresh.numel() - 1)
+    hit = fresh[at] == rows_at
+    return latent.index_put((hit,), fresh_latent[at[hit]].to(latent.dtype))
 
 
 def knn_graph(means: Tensor, k: int, backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -499,8 +467,8 @@ def apply_learned_step(
             returning new tensors (meta-training: differentiable through the network and the latent).
         chunk_size: with ``in_place``, step more active rows than this with :func:`learned_step_chunked_`
             (bounded memory, the same result); None: never chunk.
-        validate: refuse (:func:`check_finite_step`, before anything is written) a step whose new rows
-            would not be finite; the chunked path writes as it goes and is not checked.
+        validate: refuse (:func:`refuse_nonfinite`, before anything is written) a step whose new rows
+            would not be finite, chunked or not.
 
     Returns:
         The new parameters and state, or None when no row is active.
@@ -511,11 +479,9 @@ def apply_learned_step(
     graph = knn_graph(take(params["means"], idx), net.config.k) if neighbours is None else neighbours(idx)
     if in_place and chunk_size is not None and graph[0].shape[0] > chunk_size:
         fresh = state.fresh_rows()
-        fresh = fresh if idx is None else fresh[active[fresh]]
-        if fresh.numel():  # in row order, as below
-            state.latent.index_copy_(0, fresh, fresh_latent(fresh.numel()).to(state.latent.dtype))
+        fresh = fresh if idx is None else fresh[active[fresh]]  # in row order, as below
         learned_step_chunked_(net, params, grads, state, idx, graph, lrs or dict.fromkeys(params, 1.0), autocast,
-                              chunk_size)
+                              chunk_size, fresh, fresh_latent, validate)
         return AppliedStep(dict(params), state, idx, None)
     rows = state.rows(idx)
     fresh = rows.fresh_rows()
@@ -525,6 +491,8 @@ def apply_learned_step(
     result = learned_step(net, param_rows, {r: take(g, idx) for r, g in grads.items()}, rows, graph,
                           lrs or dict.fromkeys(params, 1.0), autocast)
     if validate:
-        check_finite_step(result, param_rows, idx)
+        new = result.state
+        bad = nonfinite_rows([*result.params.values(), *new.exp_avg.values(), *new.exp_avg_sq.values(), new.latent])
+        refuse_nonfinite(bad if idx is None else idx[bad], params)
     new_params = {r: put(p, result.params[r], idx, in_place) for r, p in params.items()}
     return AppliedStep(new_params, state.put_rows(result.state, idx, in_place), idx, result)

@@ -17,7 +17,8 @@ __all__ = ["Scene", "dense_init", "gaussians_from_points", "load_colmap", "load_
 def load_scene(path: str | Path, *, factor: int = 1, test_every: int = 8,
                background: tuple[float, float, float] = (1.0, 1.0, 1.0), normalize: bool = True) -> Scene:
     """Load a COLMAP folder or a transforms.json folder (detected by content); ``"synthetic"`` gives
-    the procedural scene. ``normalize`` recentres and rescales so the farthest camera is at distance 1."""
+    the procedural scene. ``normalize`` (gsplat's name for it) recentres and rescales so the farthest camera is at
+    distance 1 (:meth:`Scene.normalised`)."""
     if str(path) == "synthetic":
         return synthetic_scene()
     root = Path(path)
@@ -32,6 +33,6 @@ def load_scene(path: str | Path, *, factor: int = 1, test_every: int = 8,
     if not normalize:
         return scene
     try:
-        return scene.normalized()
+        return scene.normalised()
     except ValueError as err:
         raise ValueError(f"{root}: {err}") from err

@@ -14,10 +14,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..gaussians import SH_C0
 from ..knn import knn
 from .scene import Scene
-
-SH_C0 = 0.28209479177387814
 
 
 def gaussians_from_points(
@@ -58,7 +57,9 @@ def dense_init(scene: Scene, *, fraction: float = 1.0, sh_degree: int = 3, seed:
     return gaussians_from_points(scene.points[keep], colors, sh_degree=sh_degree)
 
 
-def random_init(scene: Scene, *, n: int = 20_000, extent: float | None = None, sh_degree: int = 3, seed: int = 0) -> nn.ParameterDict:
+def random_init(
+    scene: Scene, *, n: int = 20_000, extent: float | None = None, sh_degree: int = 3, seed: int = 0
+) -> nn.ParameterDict:
     """``n`` Gaussians uniformly in a cube of half-size ``extent`` around the point the cameras look at
     (:attr:`Scene.focus`; default extent: half its mean distance to the cameras), random colours."""
     g = torch.Generator().manual_seed(seed)
@@ -113,4 +114,5 @@ def sparse_init(scene: Scene, views: list[int] | None = None, *, block: int = 4,
         means.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
         colors.append(image.mean((1, 3)).reshape(-1, 3)[keep])
         scales.append(depth[keep] * block / K[0, 0] / 2)
-    return gaussians_from_points(torch.cat(means), torch.cat(colors), torch.cat(scales), sh_degree=sh_degree, opacity=opacity)
+    return gaussians_from_points(torch.cat(means), torch.cat(colors), torch.cat(scales), sh_degree=sh_degree,
+                                 opacity=opacity)

@@ -82,7 +82,7 @@ class Scene:
     def test_views(self) -> Scene:
         return self.subset(self.test)
 
-    def normalized(self) -> Scene:
+    def normalised(self) -> Scene:
         """Similarity-transformed so that camera centres are centred at the origin with the farthest
         at distance 1 (the scale Learn2Splat's clamps and gsplat's default learning rates expect)."""
         centers = self.camera_centers

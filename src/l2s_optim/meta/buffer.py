@@ -12,7 +12,7 @@ from torch import Tensor
 class SceneState:
     """One scene in the middle of its optimisation: Gaussians and the optimizer's per-Gaussian state.
 
-    Every dict maps a role (``means``, ``scales``, ...) to an [N,...] tensor; ``count`` holds the
+    Every dict maps a role (``means``, ``scales``, ...) to an [N,...] tensor; ``gaussian_step`` holds the
     per-Gaussian Adam step counters, ``latent`` [N,W] the network's latent state (fresh rows: see
     ``l2s_optim.step.GaussianState``).
     """
@@ -21,7 +21,7 @@ class SceneState:
     params: dict[str, Tensor]
     exp_avg: dict[str, Tensor]
     exp_avg_sq: dict[str, Tensor]
-    count: dict[str, Tensor]
+    gaussian_step: dict[str, Tensor]
     latent: Tensor
     steps: int = 0  # learned-optimizer steps taken since the initialisation
 

@@ -168,13 +168,13 @@ class MetaTrainer:
         with torch.set_grad_enabled(differentiable):
             applied = apply_learned_step(
                 net, params, grads,
-                GaussianState(state.exp_avg, state.exp_avg_sq, state.count, state.latent), active_rows(grads),
+                GaussianState(state.exp_avg, state.exp_avg_sq, state.gaussian_step, state.latent), active_rows(grads),
                 fresh_latent=self._fresh_latent, autocast=self.config.autocast,
             )
         if applied is None:  # no Gaussian seen from these views: nothing moves, as in Learn2Splat.step
             return replace(state, steps=state.steps + 1), {"delta": {}, "normalised": {}, "raw": {}}
         new = applied.state
-        new_state = SceneState(state.scene, applied.params, new.exp_avg, new.exp_avg_sq, new.count, new.latent,
+        new_state = SceneState(state.scene, applied.params, new.exp_avg, new.exp_avg_sq, new.gaussian_step, new.latent,
                                state.steps + 1)
         rows = applied.rows
         aux = {"delta": {k: take(v, applied.active) - rows.params[k] for k, v in params.items()},
@@ -333,6 +333,8 @@ class MetaTrainer:
         self.net.recipe = Recipe(views_per_step=c.context_views)
         self.net.save_pretrained(folder)
         scenes = [Path(d).name for d in c.scene_dirs]
+        for folder_path, name in zip(c.scene_dirs, scenes):  # the card names scenes, not developer paths
+            command = command.replace(folder_path, name)
         config = {**asdict(c), "scene_dirs": scenes}
         metadata = ModelCardData(license="mit", library_name="l2s-optim", pipeline_tag="other",
                                  tags=["gaussian-splatting", "3dgs", "learned-optimizer", "gsplat"])

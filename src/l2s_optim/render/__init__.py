@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from ..gaussians import sh_degree_of
 from . import cpp
 from .cpu import rasterize_cpu, sh_to_rgb
 
@@ -184,7 +185,7 @@ def render_splats(
     colors = splats["sh0"]
     if "shN" in splats:
         colors = torch.cat([colors, splats["shN"]], 1)
-    full_degree = round(colors.shape[1] ** 0.5) - 1
+    full_degree = sh_degree_of(splats)
     sh_degree = full_degree if sh_degree is None else min(sh_degree, full_degree)
     backgrounds = None if background is None else background.to(colors).expand(viewmats.shape[0], 3)
     return rasterization(

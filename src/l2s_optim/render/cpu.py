@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..gaussians import SH_C0, quat_to_rotmat
+
 ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
 MAX_EXTEND = 3.33
 
-_SH_C0 = 0.28209479177387814
 _SH_C1 = 0.4886025119029199
 _SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
 _SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
@@ -33,7 +34,7 @@ _SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763
 def sh_basis(dirs: Tensor, degree: int) -> Tensor:
     """Real SH basis [..., (degree+1)^2] at unit directions [..., 3] (3DGS/gsplat sign convention)."""
     x, y, z = dirs.unbind(-1)
-    out = [torch.full_like(x, _SH_C0)]
+    out = [torch.full_like(x, SH_C0)]
     if degree >= 1:
         out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
     if degree >= 2:
@@ -58,19 +59,6 @@ def sh_to_rgb(coeffs: Tensor, dirs: Tensor, degree: int) -> Tensor:
     k = (degree + 1) ** 2
     basis = sh_basis(F.normalize(dirs, dim=-1), degree)  # [N,k]
     return torch.clamp_min((basis[..., None] * coeffs[:, :k]).sum(-2) + 0.5, 0.0)
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Rotation matrices [N,3,3] from quaternions [N,4] (w, x, y, z), normalised here."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(-1, 3, 3)
 
 
 def project(
@@ -130,7 +118,8 @@ def _pairs_in_band(boxes: Tensor, ids: Tensor, y0: int, y1: int, width: int) -> 
     keep = counts > 0
     ids, counts, w, left, top = ids[keep], counts[keep], w[keep], boxes[keep, 0], top[keep]
     owner = torch.repeat_interleave(torch.arange(len(ids), device=ids.device), counts)
-    local = torch.arange(int(counts.sum()), device=ids.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    local = torch.arange(int(counts.sum()), device=ids.device) - starts
     px = left[owner] + local % w[owner]
     py = top[owner] + torch.div(local, w[owner], rounding_mode="floor")
     return ids[owner], py * width + px
@@ -143,7 +132,8 @@ def _composite_band(
     """Colour [n_pixels, D] and alpha [n_pixels] of one band from its (Gaussian, pixel) pairs."""
     order = torch.argsort(pixel * len(depth_rank) + depth_rank[gauss])
     gauss, pixel = gauss[order], pixel[order]
-    centre = torch.stack([(pixel % width).to(means2d.dtype), torch.div(pixel, width, rounding_mode="floor").to(means2d.dtype)], -1) + 0.5
+    row = torch.div(pixel, width, rounding_mode="floor")
+    centre = torch.stack([(pixel % width).to(means2d.dtype), row.to(means2d.dtype)], -1) + 0.5
     d = centre - means2d[gauss]
     a, b, c = conics[gauss].unbind(-1)
     sigma = 0.5 * (a * d[:, 0] ** 2 + c * d[:, 1] ** 2) + b * d[:, 0] * d[:, 1]
@@ -212,7 +202,8 @@ def _render_view(proj: dict, opacities: Tensor, colors: Tensor, width: int, heig
         y1 = y0 + max(1, int((cumulative <= max_pairs).sum()))
         gauss, pixel = _pairs_in_band(boxes, ids, y0, y1, width)
         image, alpha = _composite_band(
-            gauss, pixel, proj["means2d"], proj["conics"], opacities, colors, depth_rank, width, (y1 - y0) * width, y0 * width
+            gauss, pixel, proj["means2d"], proj["conics"], opacities, colors, depth_rank, width, (y1 - y0) * width,
+            y0 * width,
         )
         image_rows.append(image)
         alpha_rows.append(alpha)
