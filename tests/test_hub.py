@@ -200,3 +200,15 @@ def test_hub_mixin_round_trip(tmp_path):
     assert Recipe.load(tmp_path) == RELEASE_RECIPE
     loaded = Learn2SplatNet.from_pretrained(tmp_path)
     assert type(loaded) is Learn2SplatNet and loaded.config == TINY and same_weights(loaded, net)
+
+
+@pytest.mark.parametrize("setting", ["dense", "sparse"])
+def test_bundled_model_cards_carry_hub_metadata_and_no_developer_paths(setting):
+    from importlib.resources import files
+
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(files("l2s_optim") / "weights" / setting / "README.md")
+    assert card.data.library_name == "l2s-optim" and card.data.license == "mit"
+    assert "learned-optimizer" in card.data.tags and "arxiv.org/abs/2605.15760" in card.text
+    assert "../shared" not in card.content and f"Setting: {setting}" in card.text
