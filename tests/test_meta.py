@@ -42,7 +42,7 @@ def test_buffer_samples_only_when_full_and_evicts_oldest():
 @pytest.fixture
 def trainer(tmp_path):
     torch.set_num_threads(1)  # bit-exact comparisons below
-    return MetaTrainer(TINY, tmp_path, torch.device("cpu"))
+    return MetaTrainer(replace(TINY), tmp_path, torch.device("cpu"))  # a copy: tests change its config
 
 
 @pytest.mark.parametrize("param_path", [True, False])
@@ -104,7 +104,7 @@ def test_deltas_loss_penalises_only_wrong_way_and_zero_gradient_entries(trainer)
 
 def test_meta_training_runs_logs_and_resumes_exactly(tmp_path):
     torch.set_num_threads(1)
-    straight = MetaTrainer(TINY, tmp_path / "a", torch.device("cpu"))
+    straight = MetaTrainer(replace(TINY), tmp_path / "a", torch.device("cpu"))  # a copy: changed below
     (tmp_path / "a").mkdir()
     straight.train(progress=False)
     rows = (tmp_path / "a" / "log_rank0.csv").read_text().splitlines()
