@@ -48,16 +48,6 @@ for race in "$@"; do
   for opt in $(optimizers "$race"); do echo "$opt"; done | xargs -P "${PARALLEL:-2}" -I{} sh -c \
     'part="$0/parts/$(printf %s "$1" | tr "/:" "__")"; l2s-bench race $2 --optimizers "$1" --out "$part" > "$part.log" 2>/dev/null' \
     "$OUT/$race" {} "$args"
-  python - "$OUT/$race" <<'PY'
-import json, sys
-from pathlib import Path
-race = Path(sys.argv[1])
-merged = None
-for part in sorted((race / "parts").glob("*/results.json")):
-    saved = json.loads(part.read_text())
-    merged = merged or {**saved, "curves": {}}
-    merged["curves"].update(saved["curves"])
-(race / "results.json").write_text(json.dumps(merged, indent=1))
-PY
+  python "$(dirname "$0")/merge_parts.py" "$OUT/$race"
   l2s-bench race $args --optimizers "$(optimizers "$race" | xargs | tr ' ' ',')" --out "$OUT/$race" 2>/dev/null | tee "$OUT/$race/table.txt"
 done
