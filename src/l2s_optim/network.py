@@ -206,11 +206,15 @@ def _config_from_json(value: dict | NetConfig) -> NetConfig:
     return value if isinstance(value, NetConfig) else NetConfig.from_dict(value)
 
 
+HUB_LIBRARY = "l2s-optim"  # the Hub metadata of every card l2s-optim writes
+HUB_TAGS = ("gaussian-splatting", "learned-optimizer")
+
+
 class Learn2SplatNet(
     nn.Module,
     PyTorchModelHubMixin,
-    library_name="l2s-optim",
-    tags=["gaussian-splatting", "learned-optimizer"],
+    library_name=HUB_LIBRARY,
+    tags=list(HUB_TAGS),
     coders={NetConfig: (asdict, _config_from_json)},
 ):
     """The meta-trained network. ``save_pretrained``/``from_pretrained``/``push_to_hub`` write and

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..cli import HelpFormatter, bounded, non_negative_float, non_negative_int, positive_float, positive_int
 from ..data import Scene, dense_init, load_scene, random_init, sparse_init, synthetic_scene
 from ..losses import photometric_loss, psnr, ssim
-from ..network import Learn2SplatNet, NetConfig
+from ..network import HUB_LIBRARY, HUB_TAGS, Learn2SplatNet, NetConfig
 from ..recipe import Recipe
 from ..render import render_splats
 from ..step import AUTOCAST, Autocast, GaussianState, active_rows, apply_learned_step, autocast_policy, take
@@ -336,8 +336,8 @@ class MetaTrainer:
         for folder_path, name in zip(c.scene_dirs, scenes):  # the card names scenes, not developer paths
             command = command.replace(folder_path, name)
         config = {**asdict(c), "scene_dirs": scenes}
-        metadata = ModelCardData(license="mit", library_name="l2s-optim", pipeline_tag="other",
-                                 tags=["gaussian-splatting", "3dgs", "learned-optimizer", "gsplat"])
+        metadata = ModelCardData(license="mit", library_name=HUB_LIBRARY, pipeline_tag="other",
+                                 tags=[*HUB_TAGS, "3dgs", "gsplat"])
         text = "\n".join([
             "---", metadata.to_yaml(), "---", "",
             "# Learn2Splat network meta-trained with l2s-optim", "",
