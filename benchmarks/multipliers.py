@@ -1,6 +1,7 @@
 """What an ``adam``-rule checkpoint learned: percentiles of its step multipliers (Adam's step at
 gsplat's default learning rates x this) per attribute, over the Gaussians of a procedural scene never
-seen in meta-training (seed 0), at a few steps of a 200-step fit from SfM-like points.
+seen in meta-training (seed 0), at a few steps of a fit from SfM-like points (with a decaying bound,
+``multiplier_decay_steps``, the multipliers are read as taken, bound included).
 
     python benchmarks/multipliers.py dense sparse --out benchmarks/multipliers.json
 """
@@ -21,15 +22,21 @@ from l2s_optim.render import render_splats
 # packed entries of each attribute (layout of l2s_optim.step.pack; quaternion x, y, z, w)
 ENTRIES = {"means": slice(0, 3), "scales": slice(3, 6), "quats xyz": slice(6, 9), "quat w": slice(9, 10),
            "opacity": slice(10, 11), "sh": slice(11, None)}
-REPORTED_STEPS = (0, 10, 50, 100, 199)
+REPORTED_STEPS = (0, 10, 50, 100, 199, 999)
 
 
 def multipliers(checkpoint: str) -> dict:
     net = load_network(checkpoint)
     if net.config.update_rule != "adam":
         raise ValueError(f"{checkpoint} uses the {net.config.update_rule!r} update rule: it has no multipliers")
-    outputs = []
-    net.update_mlp.register_forward_hook(lambda module, args, out: outputs.append(out.detach()))
+    taken = []  # the multipliers of each step, bound included (also where a gradient is 0, e.g. isotropic quats)
+    decode = net.decode
+
+    def recording_decode(x, scale, normalised_grads, entry_steps=None):
+        taken.append(net.step_multipliers(net.update_mlp(scale * x).float(), entry_steps).detach())
+        return decode(x, scale, normalised_grads, entry_steps)
+
+    net.decode = recording_decode
     scene = synthetic_scene(n_views=12, size=32, n_gaussians=1500, seed=0)
     train = scene.train_views
     splats = dense_init(scene)
@@ -42,10 +49,13 @@ def multipliers(checkpoint: str) -> dict:
         optimizer.step()
         optimizer.zero_grad()
         if step in REPORTED_STEPS:
-            m = net.step_multipliers(outputs[-1])
-            report[step] = {name: [round(q, 3) for q in m[:, cols].flatten().quantile(torch.tensor([0.1, 0.5, 0.9])).tolist()]
-                            for name, cols in ENTRIES.items()}
-    return {"bound": round(math.exp(net.config.max_log_multiplier), 3), "steps": report}
+            m = taken[-1]
+            report[step] = {}
+            for name, cols in ENTRIES.items():
+                quantiles = m[:, cols].flatten().quantile(torch.tensor([0.1, 0.5, 0.9]))
+                report[step][name] = [round(q, 3) for q in quantiles.tolist()]
+    bound = round(math.exp(net.config.max_log_multiplier), 3)
+    return {"bound": bound, "decay_steps": net.config.multiplier_decay_steps, "steps": report}
 
 
 def main() -> None:
@@ -57,8 +67,9 @@ def main() -> None:
     results = {}
     for checkpoint in args.checkpoints:
         results[checkpoint] = multipliers(checkpoint)
-        print(f"{checkpoint}: multipliers in [1/{results[checkpoint]['bound']}, {results[checkpoint]['bound']}], "
-              "10th / 50th / 90th percentiles")
+        bound, decay = results[checkpoint]["bound"], results[checkpoint]["decay_steps"]
+        upper = f"{bound} ** ({decay:g} / ({decay:g} + steps))" if decay else f"{bound}"
+        print(f"{checkpoint}: multipliers in [1/{bound}, {upper}], 10th / 50th / 90th percentiles")
         for step, row in results[checkpoint]["steps"].items():
             print(f"  step {step:>3}: " + "  ".join(f"{name} {'/'.join(f'{q:g}' for q in qs)}" for name, qs in row.items()))
     with open(args.out, "w") as f:

@@ -20,13 +20,18 @@ from l2s_optim.bench import Curve, summary_cells, summary_rows
 ROOT = Path(__file__).resolve().parent
 # (title, race folder relative to benchmarks/), in README order
 RACES = [
-    ("llff_room, dense init (held out)", "issue13/room_dense"),
-    ("nerd_gold_cape, random init (held out)", "issue13/gold_cape_random"),
-    ("lego_200, random init (held out)", "issue13/lego_held"),
+    ("llff_room, dense init (held out), 2,000 steps", "issue13/room_dense_2k"),
+    ("nerd_gold_cape, random init (held out), 2,000 steps", "issue13/gold_cape_random_2k"),
+    ("lego_200, random init (held out), 2,000 steps", "issue13/lego_held_2k"),
     ("llff_room, sparse init (held out)", "issue13/room_sparse"),
-    ("procedural scene never seen in meta-training, 10,000 steps", "issue13/long_10k"),
+    ("procedural scene never seen in meta-training, 10,000 steps: the decaying bound", "issue13/decay_long_10k"),
     ("llff_flower held-out views, dense init (selection, training scene)", "issue13/flower_select"),
     ("dtu_scan65 held-out views, random init (selection, training scene)", "issue13/dtu_select"),
+    ("dtu_scan65 held-out views, random init, 2,000 steps (selection of the bound, training scene)",
+     "issue13/dtu_2k_select"),
+    ("llff_flower held-out views, dense init, 1,500 steps at factor 8 (selection of the bound, training scene)",
+     "issue13/decay_select"),
+    ("beer held-out views, sparse init (selection, training scene)", "issue13/beer_sparse_select"),
 ]
 BEGIN, END = "<!-- benchmark-tables:begin -->", "<!-- benchmark-tables:end -->"
 

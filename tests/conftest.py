@@ -131,7 +131,7 @@ class AdamEchoNet(nn.Module):
                                 opacity_logit_max=wide, sh_min=-wide, sh_max=wide)
         self.dummy = nn.Parameter(torch.zeros(1))
 
-    def forward(self, params, latent, normalised_grads, neighbours, valid, steps=None):
+    def forward(self, params, latent, normalised_grads, neighbours, valid, steps=None, entry_steps=None):
         return normalised_grads.float(), latent + 1.0
 
 

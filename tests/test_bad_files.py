@@ -74,6 +74,8 @@ def write_folder(tmp_path, config_changes=None, weights=None):
     ({"log_scale_min": 2.0}, "config fields 'log_scale_min' < 'log_scale_max' required"),
     ({"adam_lrs": [1e-4, 1e-3, 1e-3, 5e-2, math.nan, 1e-4]}, "config field 'adam_lrs' must be finite numbers > 0"),
     ({"width": "32"}, "config field 'width' must be of type <class 'int'>, got '32'"),
+    ({"multiplier_decay_steps": -5.0}, "multiplier_decay_steps must be None or a finite number > 0, got -5.0"),
+    ({"multiplier_decay_steps": "100"}, "config field 'multiplier_decay_steps' must be of type float | None, got '100'"),
     ({"k": True}, "config field 'k' must be of type <class 'int'>, got True"),
     ({"width": 10**9}, r"weight 'input_proj.weight' has shape \[32, 150\] but the config needs \[1000000000, "),
     ({"depth": 3}, r"the weights do not match the architecture: missing \['blocks.2.attn.proj.bias'"),

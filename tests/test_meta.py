@@ -140,6 +140,29 @@ def test_meta_training_runs_logs_and_resumes_exactly(tmp_path):
     Learn2Splat(splats, folder)  # the result loads as a checkpoint
 
 
+def test_fine_tuning_starts_from_the_given_weights_under_the_new_bound(tmp_path):
+    torch.manual_seed(1)
+    cpu = torch.device("cpu")
+    donor = MetaTrainer(replace(TINY, net={**TINY.net, "update_rule": "adam"}), tmp_path / "donor", cpu).net
+    with torch.no_grad():
+        donor.update_mlp[2].weight.normal_(0, 0.1)
+    donor.save_pretrained(tmp_path / "donor")
+    decaying = {**TINY.net, "update_rule": "adam", "multiplier_decay_steps": 50.0}
+    trainer = MetaTrainer(replace(TINY, net=decaying, init_from=str(tmp_path / "donor")), tmp_path, cpu)
+    assert trainer.net.config.multiplier_decay_steps == 50.0
+    for name, value in donor.state_dict().items():
+        assert torch.equal(trainer.net.state_dict()[name], value), name
+    trainer.train(progress=False, until=1)  # the decaying bound steps inside meta-training too
+    assert trainer.iteration == 1
+    folder = trainer.finish()
+    assert f"Started from the weights of `{tmp_path / 'donor'}`" in (folder / "README.md").read_text()
+    from l2s_optim.hub import load_network
+
+    assert load_network(str(folder)).config.multiplier_decay_steps == 50.0  # exported with its bound
+    with pytest.raises(RuntimeError, match="size mismatch"):  # another architecture is refused
+        MetaTrainer(replace(TINY, net={**decaying, "width": 8}, init_from=str(tmp_path / "donor")), tmp_path, cpu)
+
+
 def test_two_gloo_ranks_stay_in_sync(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29617",

@@ -133,6 +133,30 @@ def test_adam_rule_moves_each_entry_along_adam_by_a_bounded_multiplier():
     assert lrs[:3].eq(1.6e-4).all() and lrs[10] == 5e-2 and lrs[11] == lrs[11 + 16] == 2.5e-3 and lrs[12] == 2.5e-3 / 20
 
 
+DECAYING = replace(ADAM_RULE, multiplier_decay_steps=10.0)
+
+
+def test_decaying_bound_shrinks_only_the_upper_multiplier_with_each_entrys_step_count():
+    net = Learn2SplatNet(DECAYING)
+    with torch.no_grad():
+        net.update_mlp[2].weight.normal_(0.0, 3.0)  # saturates tanh: multipliers reach both bounds
+    params, latent, grads, neighbours, valid = inputs(DECAYING, a=400)
+    m, t = DECAYING.max_log_multiplier, DECAYING.multiplier_decay_steps
+    entry_steps = torch.tensor([1.0, 10.0, 90.0, 1e6]).repeat_interleave(100)[:, None].expand(-1, DECAYING.param_dim)
+    delta, _ = net(params, latent, grads, neighbours, valid, entry_steps=entry_steps)
+    ratio = (delta / (DECAYING.packed_adam_lrs * grads)).view(4, 100, -1)
+    for i, steps in enumerate([1.0, 10.0, 90.0, 1e6]):
+        upper = math.exp(m * t / (t + steps))
+        assert ratio[i].max() <= upper * (1 + 1e-5) and ratio[i].max() > 0.9 * upper  # the bound, and reached
+        assert ratio[i].min() >= math.exp(-m) * (1 - 1e-5) and ratio[i].min() < 1.1 * math.exp(-m)  # lower bound fixed
+    with pytest.raises(ValueError, match="entry_steps"):
+        net(params, latent, grads, neighbours, valid)
+    with pytest.raises(ValueError, match="multiplier_decay_steps"):
+        replace(ADAM_RULE, multiplier_decay_steps=0.0)
+    with pytest.raises(ValueError, match="multiplier_decay_steps"):
+        replace(TINY, multiplier_decay_steps=10.0)  # the direct rule has no multipliers
+
+
 def test_adam_rule_config_round_trips_and_rejects_nonsense(tmp_path):
     Learn2SplatNet(ADAM_RULE).save_pretrained(tmp_path)
     assert Learn2SplatNet.from_pretrained(tmp_path).config == ADAM_RULE

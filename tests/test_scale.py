@@ -42,8 +42,9 @@ def run(net, chunk_size, autocast):
 
 
 @pytest.mark.parametrize("config", [TINY, replace(TINY, update_rule="adam"),
-                                    replace(TINY, update_rule="adam", phase_feature=True)],
-                         ids=["direct", "adam", "phase"])
+                                    replace(TINY, update_rule="adam", phase_feature=True),
+                                    replace(TINY, update_rule="adam", multiplier_decay_steps=2.0)],
+                         ids=["direct", "adam", "phase", "decay"])
 @pytest.mark.parametrize("autocast", ["fp32", "bf16"])
 def test_chunked_steps_equal_unchunked_steps(config, autocast, monkeypatch):
     net = random_net(config)

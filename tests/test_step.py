@@ -39,9 +39,9 @@ class LatentSpy(nn.Module):
         super().__init__()
         self.net, self.config, self.seen = net, net.config, []
 
-    def forward(self, params, latent, normalised_grads, neighbours, valid, steps=None):
+    def forward(self, params, latent, normalised_grads, neighbours, valid, steps=None, entry_steps=None):
         self.seen.append(latent.clone())
-        return self.net(params, latent, normalised_grads, neighbours, valid, steps)
+        return self.net(params, latent, normalised_grads, neighbours, valid, steps, entry_steps)
 
     def project_features(self, features):
         return self.net.project_features(features)
@@ -131,3 +131,24 @@ def test_autocast_policy_option():
     start = make_splats()["means"].detach()
     torch.testing.assert_close(results["bf16"] - start, results["auto"] - start, rtol=0.05, atol=2e-4)
     assert not torch.equal(results["bf16"], results["auto"])
+
+
+def test_a_decaying_bound_reads_each_attributes_own_step_count():
+    """With frozen means (their counter stays 0) the other attributes' bounds still decay: every packed
+    entry carries its own attribute's count, this step included, in the layout of ``pack``."""
+    from dataclasses import replace
+
+    from conftest import TINY
+
+    from l2s_optim.step import prepare_rows
+
+    config = replace(TINY, update_rule="adam", multiplier_decay_steps=10.0)
+    splats = {k: v.detach() for k, v in make_splats(6).items()}
+    counts = {"means": 0.0, "scales": 4.0, "quats": 9.0, "opacities": 2.0, "sh0": 7.0, "shN": 5.0}
+    state = GaussianState({k: torch.zeros_like(v) for k, v in splats.items()},
+                          {k: torch.zeros_like(v) for k, v in splats.items()},
+                          {k: torch.full((6,), c) for k, c in counts.items()}, torch.zeros(6, config.width))
+    entry_steps = prepare_rows(config, splats, {k: torch.ones_like(v) for k, v in splats.items()}, state).entry_steps
+    expected = torch.tensor([1.0] * 3 + [5.0] * 3 + [10.0] * 4 + [3.0] + ([8.0] + [6.0] * 15) * 3)
+    assert torch.equal(entry_steps, expected.expand(6, -1))
+    assert prepare_rows(TINY, splats, {k: torch.ones_like(v) for k, v in splats.items()}, state).entry_steps is None

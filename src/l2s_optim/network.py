@@ -16,6 +16,12 @@ Two update rules (``NetConfig.update_rule``):
   Each entry moves along Adam's direction by at most ``exp(m)`` times Adam's default step, so the
   learned part cannot run away on states far past the meta-training horizon; zero-initialised, the
   untrained network is exactly Adam with gsplat's defaults.
+
+  With ``multiplier_decay_steps = T`` the upper bound shrinks with each entry's step count ``t`` (the
+  Adam step count of its attribute): multipliers lie in ``[exp(-m), exp(m * T / (T + t))]``. Early
+  steps may be ``exp(m)`` times Adam's; late ones at most Adam's own step, whatever the network
+  predicts, so a network meta-trained on short horizons cannot make long runs unstable, while
+  it can still shrink any step down to ``exp(-m)`` of Adam's.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class NetConfig:
     # update_rule "adam": base lrs of means (normalised scene), scales, quats, opacities, sh0, shN
     adam_lrs: tuple[float, ...] = tuple(GSPLAT_LRS.values())
     max_log_multiplier: float = math.log(5.0)  # update_rule "adam": multipliers in [1/5, 5]
+    # update_rule "adam": the upper bound decays as m * T / (T + steps), T this (see the module doc); None: fixed
+    multiplier_decay_steps: float | None = None
     adam_beta1: float = 0.9  # moments behind the normalised-gradient features
     adam_beta2: float = 0.999
     adam_eps: float = 1e-15
@@ -82,6 +90,12 @@ class NetConfig:
         if len(self.adam_lrs) != 6 or min(self.adam_lrs) <= 0:
             raise ValueError(f"adam_lrs must be 6 positive learning rates (means .. shN), got {self.adam_lrs}")
         object.__setattr__(self, "adam_lrs", tuple(float(v) for v in self.adam_lrs))  # JSON gives a list
+        decay = self.multiplier_decay_steps
+        if decay is not None and not (math.isfinite(decay) and decay > 0):
+            raise ValueError(f"multiplier_decay_steps must be None or a finite number > 0, got {decay!r}")
+        if decay is not None and self.update_rule != "adam":
+            raise ValueError("multiplier_decay_steps bounds the 'adam' update rule's multipliers; "
+                             f"this network's rule is {self.update_rule!r}")
 
     @property
     def packed_adam_lrs(self) -> Tensor:
@@ -249,10 +263,18 @@ class Learn2SplatNet(
         super()._save_pretrained(save_directory)
         self.recipe.save(save_directory)
 
-    def step_multipliers(self, update_out: Tensor) -> Tensor:
-        """Update rule "adam": the multipliers of Adam's step, in [1/exp(m), exp(m)], from the Update
-        MLP's output [A,P]."""
-        return torch.exp(self.config.max_log_multiplier * torch.tanh(update_out))
+    def step_multipliers(self, update_out: Tensor, entry_steps: Tensor | None = None) -> Tensor:
+        """Update rule "adam": the multipliers of Adam's step, in [1/exp(m), exp(m)] (the upper bound
+        decaying with ``config.multiplier_decay_steps``), from the Update MLP's output [A,P] and each
+        entry's step count ``entry_steps`` [A,P] (this step included; needed only with a decay)."""
+        m, decay = self.config.max_log_multiplier, self.config.multiplier_decay_steps
+        u = torch.tanh(update_out)
+        if decay is None:
+            return torch.exp(m * u)
+        if entry_steps is None:
+            raise ValueError("this network's multiplier bound decays with the step count: pass entry_steps")
+        upper = m * decay / (decay + entry_steps.float())
+        return torch.exp(torch.where(u > 0, upper, m) * u)
 
     def project_features(self, features: Tensor) -> Tensor:
         """Initial latent state [N,W] from feed-forward features [N,feature_dim] (sparse setting)."""
@@ -265,7 +287,7 @@ class Learn2SplatNet(
 
     def forward(
         self, params: Tensor, latent: Tensor, normalised_grads: Tensor, neighbours: Tensor, valid: Tensor,
-        steps: Tensor | None = None,
+        steps: Tensor | None = None, entry_steps: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One learned update for A active Gaussians.
 
@@ -277,6 +299,8 @@ class Learn2SplatNet(
             valid: [A,k] bool, False for padded neighbour slots.
             steps: [A] steps taken by each Gaussian, this one included; required when
                 ``config.phase_feature`` (the network then reads ``log1p(steps) / 10``), else ignored.
+            entry_steps: [A,P] steps of each packed entry's attribute, this one included; required when
+                ``config.multiplier_decay_steps`` is set, else ignored.
 
         Returns:
             delta [A,P] in fp32 (parameters move by ``-lr * delta``) and the new latent state [A,W].
@@ -284,7 +308,7 @@ class Learn2SplatNet(
         x, scale = self.encode(params, latent, normalised_grads, steps)
         for block in self.blocks:
             x = block(x, neighbours, valid)
-        return self.decode(x, scale, normalised_grads), x.float()
+        return self.decode(x, scale, normalised_grads, entry_steps), x.float()
 
     def encode(
         self, params: Tensor, latent: Tensor, normalised_grads: Tensor, steps: Tensor | None = None
@@ -299,13 +323,14 @@ class Learn2SplatNet(
         x_in = torch.cat(inputs, dim=-1)
         return self.input_proj(x_in), self.state_scale(x_in.detach())
 
-    def decode(self, x: Tensor, scale: Tensor, normalised_grads: Tensor) -> Tensor:
+    def decode(self, x: Tensor, scale: Tensor, normalised_grads: Tensor, entry_steps: Tensor | None = None) -> Tensor:
         """The part of :meth:`forward` after the blocks, row by row: delta [B,P] (fp32) of B rows from the
-        blocks' output x [B,W], the scale [B,1] of :meth:`encode` and the normalised gradients [B,P]."""
+        blocks' output x [B,W], the scale [B,1] of :meth:`encode`, the normalised gradients [B,P] and the
+        entries' step counts [B,P] (see :meth:`forward`)."""
         p = self.config.param_dim
         out = self.update_mlp(scale * x).float()
         if self.config.update_rule == "adam":
-            return self.packed_adam_lrs * self.step_multipliers(out) * normalised_grads.float()
+            return self.packed_adam_lrs * self.step_multipliers(out, entry_steps) * normalised_grads.float()
         direction, magnitude = out[:, :p], out[:, p:]
         length = F.relu(magnitude) if self.config.magnitude_activation == "relu" else F.softplus(magnitude)
         return length * direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)

@@ -278,7 +278,7 @@ def learned_step(
     net_dtype = next(net.parameters()).dtype
     with network_autocast(autocast, rows.x.device):
         delta, latent = net(rows.x.to(net_dtype), state.latent.to(net_dtype), rows.normalised.to(net_dtype), *graph,
-                            steps=rows.gaussian_step["means"])
+                            steps=rows.gaussian_step["means"], entry_steps=rows.entry_steps)
     updated = updated_rows(net.config, rows.x, delta, params, lrs)
     return StepResult(unpack(updated, params), rows.new_state(state, latent.to(state.latent.dtype)),
                       unpack(rows.normalised, grads))
@@ -293,6 +293,7 @@ class PreparedRows:
     exp_avg_sq: Tensor  # [B,P] second moments
     gaussian_step: dict[str, Tensor]  # role -> [B] Adam steps, this one included
     normalised: Tensor  # [B,P] Adam-normalised gradients
+    entry_steps: Tensor | None  # [B,P] steps of each entry's attribute when the network's bound decays, else None
 
     def new_state(self, state: GaussianState, latent: Tensor) -> GaussianState:
         """The rows' new state: these moments and counters (shaped like ``state``'s) and ``latent`` [B,W]."""
@@ -309,7 +310,13 @@ def prepare_rows(
     steps = {r: c + 1 for r, c in state.gaussian_step.items()}
     exp_avg, exp_avg_sq = pack(state.exp_avg, sh), pack(state.exp_avg_sq, sh)
     normalised = adam_normalise_(pack(grads, sh), exp_avg, exp_avg_sq, bias_corrections(steps, grads, config), config)
-    return PreparedRows(pack(params, sh), exp_avg, exp_avg_sq, steps, normalised)
+    return PreparedRows(pack(params, sh), exp_avg, exp_avg_sq, steps, normalised, entry_steps_of(config, steps, params))
+
+
+def entry_steps_of(config: NetConfig, steps: Mapping[str, Tensor], like: Mapping[str, Tensor]) -> Tensor | None:
+    """[B,P] step count of every packed entry (role -> [B] ``steps``, shaped by ``like``) when the network's
+    multiplier bound decays with it (``config.multiplier_decay_steps``), else None."""
+    return None if config.multiplier_decay_steps is None else pack_broadcast(steps, like, config.sh_coeffs)
 
 
 def network_autocast(policy: Autocast, device: torch.device) -> torch.autocast:
@@ -393,7 +400,8 @@ def learned_step_chunked_(
     for c, rows_at in zip(chunks, at):  # pass 2
         param_rows = {r: take(p, rows_at) for r, p in params.items()}
         with network_autocast(autocast, device):
-            delta = net.decode(x[c], scale[c], packed[c].to(net_dtype))
+            steps = {r: take(t, rows_at) + 1 for r, t in state.gaussian_step.items()}  # as prepare_rows counts them
+            delta = net.decode(x[c], scale[c], packed[c].to(net_dtype), entry_steps_of(config, steps, param_rows))
         packed[c] = updated_rows(config, pack(param_rows, config.sh_coeffs), delta, param_rows, lrs)
         if validate:
             bad.append(rows_at[nonfinite_rows([*unpack(packed[c], param_rows).values(), x[c]])])

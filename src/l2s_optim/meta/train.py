@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..cli import HelpFormatter, bounded, non_negative_float, non_negative_int, positive_float, positive_int
 from ..data import Scene, dense_init, load_scene, random_init, sparse_init, synthetic_scene
+from ..hub import load_network
 from ..losses import photometric_loss, psnr, ssim
 from ..network import HUB_LIBRARY, HUB_TAGS, Learn2SplatNet, NetConfig
 from ..recipe import Recipe
@@ -82,6 +83,8 @@ class MetaConfig:
     seed: int = 0
     save_every: int = 100
     autocast: Autocast = "auto"  # the network's autocast policy, Learn2Splat's default (step.autocast_policy)
+    # start from this checkpoint's weights (same architecture; the config's update bounds may differ)
+    init_from: str | None = None
 
 
 class MetaTrainer:
@@ -91,6 +94,8 @@ class MetaTrainer:
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.net = Learn2SplatNet(NetConfig(**config.net)).to(device)
+        if config.init_from is not None:
+            self.net.load_state_dict(load_network(config.init_from).state_dict())
         # untrained with the "adam" rule, the network is exactly Adam at its base learning rates
         self.adam_net = Learn2SplatNet(replace(self.net.config, update_rule="adam")).to(device)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -348,6 +353,7 @@ class MetaTrainer:
             + (f", plus the training views of {', '.join(scenes)} (image factor {c.scene_factor})." if scenes else "."),
             (f"- Meta-iterations: {self.iteration} of a {c.iterations}-iteration schedule; wall-clock "
              f"{self.seconds / 60:.1f} min on {self.world} x {self.device}."),
+            *([f"- Started from the weights of `{c.init_from}`."] if c.init_from else []),
             *([f"- Command: `{command}`"] if command else []), "",
             "Benchmark numbers: the l2s-optim README (measured with `l2s-bench`).", "",
             "```json", json.dumps({"config": config, "network": asdict(self.net.config)}, indent=1), "```", "",
@@ -393,6 +399,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="adam (default): bounded learned multipliers of Adam's step; direct: the released rule")
     p.add_argument("--max-multiplier", type=bounded(float, 1, inclusive=False), default=math.exp(NetConfig().max_log_multiplier),
                    help="update rule adam: the learned multipliers of Adam's step lie in [1/this, this]")
+    p.add_argument("--multiplier-decay-steps", type=positive_float, default=None,
+                   help="update rule adam: the multipliers' upper bound decays as max * T / (T + steps), T this "
+                        "(per entry, with its attribute's step count); default: a fixed bound")
+    p.add_argument("--init-from", default=None,
+                   help="start from this checkpoint's weights (same architecture), e.g. a network to fine-tune")
     p.add_argument("--stability-weight", type=non_negative_float, default=d.stability_weight,
                    help="weight of the stability loss (any per-view error increase between inner steps)")
     p.add_argument("--lr", type=positive_float, default=d.lr, help="AdamW peak learning rate of the network")
@@ -421,11 +432,12 @@ def main(argv: list[str] | None = None) -> None:
         setting=args.setting, iterations=args.iterations, lr=args.lr, max_tau=args.max_tau, rollout_max=args.rollout_max,
         net={"width": args.width, "depth": args.depth, "attn_dim": args.attn_dim, "mlp_hidden": args.mlp_hidden, "k": args.k,
              "magnitude_activation": args.magnitude_activation, "phase_feature": args.phase_feature, "update_rule": args.update_rule,
-             "max_log_multiplier": math.log(args.max_multiplier)},
+             "max_log_multiplier": math.log(args.max_multiplier),
+             "multiplier_decay_steps": args.multiplier_decay_steps},
         procedural_scenes=args.procedural_scenes, procedural_size=args.procedural_size, scene_dirs=args.scenes,
         stability_weight=args.stability_weight, param_path=args.param_path, log_loss=args.log_loss,
         random_gaussians=args.random_gaussians, scene_factor=args.scene_factor, context_views=args.context_views, adam_warm_start_max=args.adam_warm_start_max,
-        save_every=args.save_every, seed=args.seed, autocast=args.autocast,
+        save_every=args.save_every, seed=args.seed, autocast=args.autocast, init_from=args.init_from,
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
