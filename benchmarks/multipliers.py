@@ -30,13 +30,14 @@ def multipliers(checkpoint: str) -> dict:
     if net.config.update_rule != "adam":
         raise ValueError(f"{checkpoint} uses the {net.config.update_rule!r} update rule: it has no multipliers")
     taken = []  # the multipliers of each step, bound included (also where a gradient is 0, e.g. isotropic quats)
-    decode = net.decode
+    step_multipliers = net.step_multipliers
 
-    def recording_decode(x, scale, normalised_grads, entry_steps=None):
-        taken.append(net.step_multipliers(net.update_mlp(scale * x).float(), entry_steps).detach())
-        return decode(x, scale, normalised_grads, entry_steps)
+    def recording_step_multipliers(update_out, entry_steps=None):
+        multipliers = step_multipliers(update_out, entry_steps)
+        taken.append(multipliers.detach())
+        return multipliers
 
-    net.decode = recording_decode
+    net.step_multipliers = recording_step_multipliers
     scene = synthetic_scene(n_views=12, size=32, n_gaussians=1500, seed=0)
     train = scene.train_views
     splats = dense_init(scene)

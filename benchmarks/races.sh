@@ -39,8 +39,8 @@ optimizers() {
     beer_sparse|beer_sparse_select) echo "adam adam-tuned l2s:sparse l2s:dense";;
     lego_random) echo "adam adam-tuned l2s:dense";;
     synthetic_10k) echo "adam l2s:dense";;
-    room_dense|gold_cape_random|lego_held|flower_select|dtu_select) echo "adam adam-tuned l2s:dense";;
-    room_dense_2k|gold_cape_random_2k|lego_held_2k) echo "adam adam-tuned l2s:dense";;
+    room_dense|gold_cape_random|lego_held|room_dense_2k|gold_cape_random_2k|lego_held_2k|flower_select|dtu_select)
+      echo "adam adam-tuned l2s:dense";;
     room_sparse) echo "adam adam-tuned l2s:sparse l2s:dense";;
   esac
   echo "${CANDIDATES:-}"

@@ -1,12 +1,14 @@
 """The one step driver (``l2s_optim.step.apply_learned_step``) and its fast paths."""
 
+from dataclasses import replace
+
 import pytest
 import torch
-from conftest import AdamEchoNet, duplicate_like_gsplat, make_splats, random_net, run_steps, targets_like
+from conftest import TINY, AdamEchoNet, duplicate_like_gsplat, make_splats, random_net, run_steps, targets_like
 from torch import nn
 
 from l2s_optim import Learn2Splat, NetConfig
-from l2s_optim.step import GaussianState, active_rows, apply_learned_step, autocast_policy
+from l2s_optim.step import GaussianState, active_rows, apply_learned_step, autocast_policy, prepare_rows
 
 
 def test_all_rows_fast_path_equals_the_partial_step_on_the_shared_rows():
@@ -136,12 +138,6 @@ def test_autocast_policy_option():
 def test_a_decaying_bound_reads_each_attributes_own_step_count():
     """With frozen means (their counter stays 0) the other attributes' bounds still decay: every packed
     entry carries its own attribute's count, this step included, in the layout of ``pack``."""
-    from dataclasses import replace
-
-    from conftest import TINY
-
-    from l2s_optim.step import prepare_rows
-
     config = replace(TINY, update_rule="adam", multiplier_decay_steps=10.0)
     splats = {k: v.detach() for k, v in make_splats(6).items()}
     counts = {"means": 0.0, "scales": 4.0, "quats": 9.0, "opacities": 2.0, "sh0": 7.0, "shN": 5.0}

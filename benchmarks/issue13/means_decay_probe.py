@@ -7,21 +7,17 @@ decay is why a network falls behind Adam late in a long run. Takes ``l2s-bench r
 """
 import sys
 
-import torch
-
 from l2s_optim import Learn2Splat
 from l2s_optim.bench import cli, race
 
 
 def l2s_factory_with_means_decay(steps: int) -> object:
-    """The bench's ``l2s_factory`` plus adam_factory's decay of the means group (1% at ``steps``)."""
+    """The bench's ``l2s_factory`` plus the ``adam`` baseline's means decay (``race.means_decay``)."""
 
     def factory(network, seed):
         def make(splats):
             optimizer = Learn2Splat(splats, network, seed=seed)
-            gamma = 0.01 ** (1.0 / steps)
-            decay = [(lambda s: gamma**s) if g["name"] == "means" else (lambda s: 1.0) for g in optimizer.param_groups]
-            return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+            return optimizer, race.means_decay(optimizer, steps)
 
         return make
 

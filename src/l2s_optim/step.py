@@ -307,16 +307,27 @@ def prepare_rows(
     """Pack B rows (role -> [B,...] parameters and gradients, their state) and take Adam's moment step;
     nothing given is modified."""
     sh = config.sh_coeffs
-    steps = {r: c + 1 for r, c in state.gaussian_step.items()}
+    steps = steps_with_this_one(state.gaussian_step)
     exp_avg, exp_avg_sq = pack(state.exp_avg, sh), pack(state.exp_avg_sq, sh)
     normalised = adam_normalise_(pack(grads, sh), exp_avg, exp_avg_sq, bias_corrections(steps, grads, config), config)
-    return PreparedRows(pack(params, sh), exp_avg, exp_avg_sq, steps, normalised, entry_steps_of(config, steps, params))
+    return PreparedRows(pack(params, sh), exp_avg, exp_avg_sq, steps, normalised,
+                        entry_steps_of(config, state.gaussian_step, params))
 
 
-def entry_steps_of(config: NetConfig, steps: Mapping[str, Tensor], like: Mapping[str, Tensor]) -> Tensor | None:
-    """[B,P] step count of every packed entry (role -> [B] ``steps``, shaped by ``like``) when the network's
-    multiplier bound decays with it (``config.multiplier_decay_steps``), else None."""
-    return None if config.multiplier_decay_steps is None else pack_broadcast(steps, like, config.sh_coeffs)
+def steps_with_this_one(counts: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """role -> [B] Adam steps counting the step being taken, from the counts before it."""
+    return {r: c + 1 for r, c in counts.items()}
+
+
+def entry_steps_of(
+    config: NetConfig, counts: Mapping[str, Tensor], like: Mapping[str, Tensor], idx: Tensor | None = None
+) -> Tensor | None:
+    """[B,P] step count of every packed entry, this step included, when the network's multiplier bound
+    decays with it (``config.multiplier_decay_steps``), else None (nothing computed). ``counts``: role -> [N]
+    counts before this step, of which the rows ``idx`` [B] (None: all) are taken; ``like`` shapes the roles."""
+    if config.multiplier_decay_steps is None:
+        return None
+    return pack_broadcast(steps_with_this_one({r: take(c, idx) for r, c in counts.items()}), like, config.sh_coeffs)
 
 
 def network_autocast(policy: Autocast, device: torch.device) -> torch.autocast:
@@ -400,8 +411,8 @@ def learned_step_chunked_(
     for c, rows_at in zip(chunks, at):  # pass 2
         param_rows = {r: take(p, rows_at) for r, p in params.items()}
         with network_autocast(autocast, device):
-            steps = {r: take(t, rows_at) + 1 for r, t in state.gaussian_step.items()}  # as prepare_rows counts them
-            delta = net.decode(x[c], scale[c], packed[c].to(net_dtype), entry_steps_of(config, steps, param_rows))
+            delta = net.decode(x[c], scale[c], packed[c].to(net_dtype),
+                               entry_steps_of(config, state.gaussian_step, param_rows, rows_at))
         packed[c] = updated_rows(config, pack(param_rows, config.sh_coeffs), delta, param_rows, lrs)
         if validate:
             bad.append(rows_at[nonfinite_rows([*unpack(packed[c], param_rows).values(), x[c]])])

@@ -173,11 +173,17 @@ def adam_factory(scene_scale: float, total_steps: int, multiplier: float = 1.0) 
         groups = [{"params": [p], "lr": GSPLAT_LRS[n] * multiplier * (scene_scale if n == "means" else 1.0), "name": n}
                   for n, p in splats.items()]
         optimizer = torch.optim.Adam(groups, eps=1e-15)
-        gamma = 0.01 ** (1.0 / max(total_steps, 1))
-        decay = [(lambda s: gamma**s) if g["name"] == "means" else (lambda s: 1.0) for g in groups]
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+        return optimizer, means_decay(optimizer, total_steps)
 
     return make
+
+
+def means_decay(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """gsplat's schedule: the ``means`` group's lr decayed exponentially to 1% over ``total_steps``, the
+    other groups' constant."""
+    gamma = 0.01 ** (1.0 / max(total_steps, 1))
+    decay = [(lambda s: gamma**s) if g["name"] == "means" else (lambda s: 1.0) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
 
 
 def l2s_factory(network: Learn2SplatNet, seed: int) -> StepperFactory:
